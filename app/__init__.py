@@ -1,0 +1,1 @@
+"""chainserve: LangServe chains for classification, summarization, translation and QA."""

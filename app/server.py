@@ -1,0 +1,147 @@
+"""The FastAPI app: every chain mounted with LangServe, plus index, health and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from langserve import add_routes
+
+from app.backends import MODEL_CONFIG_KEY, build_chat_model, load_local_runtime
+from app.backends.local import LocalRuntime
+from app.errors import (
+    REQUEST_ID_HEADER,
+    add_request_metadata,
+    install_error_handlers,
+    request_id_of,
+)
+from app.guard import RequestGuard
+from app.settings import Settings
+from chains import CHAIN_BUILDERS, CHAIN_INPUTS
+
+logger = logging.getLogger(__name__)
+
+CHAIN_DESCRIPTIONS = {
+    "classify": "Classify a text into one of a set of labels (sentiment by default).",
+    "summarize": "Summarize a text, in its own language unless another is requested.",
+    "translate": "Translate a text into a target language.",
+    "qa": "Answer a question from a context, or report that the context lacks the answer.",
+}
+
+# Every LangServe endpoint the playground, RemoteRunnable and curl users need.
+ENABLED_ENDPOINTS = (
+    "invoke",
+    "batch",
+    "stream",
+    "stream_log",
+    "stream_events",
+    "playground",
+    "input_schema",
+    "output_schema",
+    "config_schema",
+    "config_hashes",
+    "feedback",
+    "public_trace_link",
+)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app for `settings`; the local model loads when the app starts."""
+    settings = settings or Settings()
+    runtime = (
+        LocalRuntime(settings.local_model) if "local" in settings.available_backends() else None
+    )
+    model = build_chat_model(settings, runtime)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading: asyncio.Future[None] | None = None
+        if runtime is not None and settings.load_model_on_start:
+            # Load in a thread, so /health answers and /ready says 503 while it runs.
+            loading = asyncio.ensure_future(
+                asyncio.to_thread(load_local_runtime, runtime, settings)
+            )
+        yield
+        if loading is not None and not loading.done():
+            loading.cancel()
+        if runtime is not None and runtime.engine is not None:
+            runtime.engine.close()
+
+    app = FastAPI(
+        title="chainserve",
+        version="0.1.0",
+        description="Classification, summarization, translation and question answering, "
+        "served with LangServe.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.runtime = runtime
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def add_request_id(request: Request, call_next: Any) -> Any:
+        request_id = request_id_of(request)
+        response = await call_next(request)
+        response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+
+    app.add_middleware(
+        RequestGuard,
+        input_models=CHAIN_INPUTS,
+        configurable={MODEL_CONFIG_KEY: settings.available_backends()},
+        max_body_bytes=settings.max_body_bytes,
+        max_text_chars=settings.max_text_chars,
+        max_batch_items=settings.max_batch_items,
+    )
+
+    for name, build in CHAIN_BUILDERS.items():
+        chain = build(model, settings.prompts_dir)
+        add_routes(
+            app,
+            chain,
+            path=f"/{name}",
+            enabled_endpoints=ENABLED_ENDPOINTS,
+            config_keys=("configurable",),
+            per_req_config_modifier=add_request_metadata,
+        )
+
+    @app.get("/", summary="List the chains")
+    async def index() -> dict[str, Any]:
+        return {
+            "name": "chainserve",
+            "backends": settings.available_backends(),
+            "default_backend": settings.resolved_backend(),
+            "chains": [
+                {
+                    "name": name,
+                    "description": CHAIN_DESCRIPTIONS[name],
+                    "invoke": f"/{name}/invoke",
+                    "stream": f"/{name}/stream",
+                    "playground": f"/{name}/playground/",
+                    "input_schema": f"/{name}/input_schema",
+                    "output_schema": f"/{name}/output_schema",
+                }
+                for name in CHAIN_BUILDERS
+            ],
+            "docs": "/docs",
+        }
+
+    @app.get("/health", summary="Liveness: the process is up")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="Readiness: the model is loaded", response_model=None)
+    async def ready() -> JSONResponse:
+        if runtime is None or runtime.is_loaded:
+            return JSONResponse({"status": "ready"})
+        if runtime.load_error is not None:
+            detail = f"loading the local model failed: {runtime.load_error}"
+            return JSONResponse({"status": "failed", "detail": detail}, status_code=503)
+        return JSONResponse({"status": "loading"}, status_code=503)
+
+    return app
