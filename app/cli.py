@@ -51,8 +51,14 @@ def serve(
     )
 
     from app.server import create_app
+    from chains.prompts import PromptFileError
 
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except PromptFileError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from None
+
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
 
 
