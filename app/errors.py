@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import openai
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.backends.engine import GenerationCancelled, QueueFullError
@@ -86,6 +89,91 @@ def add_request_metadata(config: dict[str, Any], request: Request) -> dict[str, 
     return config
 
 
+KNOWN_ERRORS: tuple[type[Exception], ...] = (
+    QueueFullError,
+    ModelNotLoaded,
+    GenerationTimeout,
+    GenerationCancelled,
+    openai.APIError,
+    ValidationError,
+)
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """How an exception is answered: HTTP status, error type, client message, headers."""
+
+    status_code: int
+    error_type: str
+    message: str
+    headers: Mapping[str, str] | None = None
+
+
+def describe_exception(error: BaseException) -> ErrorInfo:
+    """Map an exception raised while running a chain to the response the client gets.
+
+    Messages never contain the exception text of unknown errors, because it may hold
+    secrets or internals; those are logged with the request id instead.
+    """
+    if isinstance(error, QueueFullError):
+        return ErrorInfo(503, "overloaded", f"{error}; retry later", {"Retry-After": "2"})
+    if isinstance(error, ModelNotLoaded):
+        return ErrorInfo(503, "model_not_loaded", str(error), {"Retry-After": "5"})
+    if isinstance(error, GenerationTimeout):
+        return ErrorInfo(504, "timeout", str(error))
+    if isinstance(error, GenerationCancelled):
+        # 499 is the status nginx uses for a request whose client closed the connection.
+        return ErrorInfo(499, "cancelled", "the request was cancelled")
+    if isinstance(error, openai.APITimeoutError):
+        return ErrorInfo(504, "upstream_timeout", "the OpenAI-compatible server timed out")
+    if isinstance(error, openai.AuthenticationError):
+        return ErrorInfo(
+            502,
+            "upstream_auth_error",
+            "the OpenAI-compatible server rejected the API key (OPENAI_API_KEY); check it",
+        )
+    if isinstance(error, openai.RateLimitError):
+        return ErrorInfo(
+            503,
+            "upstream_rate_limited",
+            "the OpenAI-compatible server is rate limiting requests, and retries ran out; "
+            "retry later",
+            {"Retry-After": _retry_after(error) or "10"},
+        )
+    if isinstance(error, openai.APIStatusError):
+        return ErrorInfo(
+            502,
+            "upstream_error",
+            f"the OpenAI-compatible server answered HTTP {error.status_code}",
+        )
+    if isinstance(error, openai.APIConnectionError):
+        return ErrorInfo(502, "upstream_unreachable", "the OpenAI-compatible server is unreachable")
+    if isinstance(error, ValidationError):
+        message, _ = describe_validation_errors(error.errors())
+        return ErrorInfo(422, "validation_error", message)
+    return ErrorInfo(
+        500, "internal_error", "the chain failed; see the server log for this request id"
+    )
+
+
+def _retry_after(error: openai.APIStatusError) -> str | None:
+    value = error.response.headers.get("retry-after")
+    return value if value and value.isdigit() else None
+
+
+def response_for_exception(request: Request, error: BaseException) -> JSONResponse:
+    """Log `error` with the request id and build its JSON error response."""
+    info = describe_exception(error)
+    request_id = request_id_of(request)
+    if info.status_code >= 500 and info.error_type == "internal_error":
+        logger.error("request_id=%s failed", request_id, exc_info=error)
+    else:
+        logger.warning("request_id=%s failed: %s (%s)", request_id, info.message, info.error_type)
+    return error_response(
+        request, info.status_code, info.error_type, info.message, None, info.headers
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register handlers that turn errors into the JSON error shape with a fitting status."""
 
@@ -101,28 +189,11 @@ def install_error_handlers(app: FastAPI) -> None:
             request, error.status_code, error_type, str(error.detail), headers=error.headers
         )
 
-    @app.exception_handler(QueueFullError)
-    async def _queue_full(request: Request, error: QueueFullError) -> JSONResponse:
-        logger.warning("rejected request_id=%s: %s", request_id_of(request), error)
-        return error_response(
-            request,
-            503,
-            "overloaded",
-            f"{error}; retry after a few seconds",
-            headers={"Retry-After": "2"},
-        )
+    async def _known(request: Request, error: Exception) -> JSONResponse:
+        return response_for_exception(request, error)
 
-    @app.exception_handler(ModelNotLoaded)
-    async def _not_loaded(request: Request, error: ModelNotLoaded) -> JSONResponse:
-        return error_response(
-            request, 503, "model_not_loaded", str(error), headers={"Retry-After": "5"}
-        )
-
-    @app.exception_handler(GenerationTimeout)
-    async def _timeout(request: Request, error: GenerationTimeout) -> JSONResponse:
-        return error_response(request, 504, "timeout", str(error))
-
-    @app.exception_handler(GenerationCancelled)
-    async def _cancelled(request: Request, error: GenerationCancelled) -> JSONResponse:
-        # 499 is the de facto status for a client that closed the request (nginx).
-        return error_response(request, 499, "cancelled", "the request was cancelled")
+    # Known errors are answered by the exception middleware. Any other exception reaches
+    # Starlette's server error middleware, which answers with the same handler and then
+    # re-raises it, so uvicorn logs the traceback.
+    for error_class in (*KNOWN_ERRORS, Exception):
+        app.add_exception_handler(error_class, _known)

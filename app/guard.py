@@ -1,29 +1,45 @@
-"""Checks on chain request bodies before LangServe sees them.
+"""The one place where chainserve fixes LangServe 0.3.3's request handling.
 
-LangServe 0.3.3 validates bodies late and loosely: a `/batch` whose `inputs` is an object, or
-a list with one invalid item, raises inside the handler and returns a bare 500; unknown
-`config` keys are dropped silently; and it reads a body of any size. This ASGI middleware
-reads the body of each POST to a chain endpoint (up to `max_body_bytes`), checks the JSON,
-the input against the chain's input model, the text limits and the client `config`, and
-answers any problem with a 4xx JSON error that names the field. A valid body is passed on
-unchanged.
+LangServe validates bodies late and loosely: a `/batch` whose `inputs` is an object, or a
+list with one invalid item, raises inside the handler and returns a bare 500; unknown
+`config` keys are dropped silently; and it reads a body of any size. It also keeps running
+an `/invoke` or `/batch` whose client has gone, and a `/stream` that fails sends an `error`
+event with no reason and then drops the connection without the closing `end` event.
 
-It is a raw ASGI middleware rather than a Starlette `BaseHTTPMiddleware`, so a streaming
-response and the client disconnect signal pass through untouched.
+This ASGI middleware, for each POST to a chain endpoint:
+
+- reads the body (up to `max_body_bytes`) and checks the JSON, the input against the
+  chain's input model, the text limits and the client `config`, answering any problem with
+  a 4xx JSON error that names the field;
+- runs `/invoke` and `/batch` as a task that is cancelled when the client disconnects, so
+  the model stops generating for it;
+- replaces a stream's `error` event with one that carries the error type, message, status
+  and request id, then sends `end` and closes the response properly.
+
+It is a raw ASGI middleware rather than a Starlette `BaseHTTPMiddleware`, so streaming
+responses and the client disconnect signal pass through untouched.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import re
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.tracers.context import register_configure_hook
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import describe_validation_errors, error_response
+from app.errors import describe_exception, describe_validation_errors, error_response, request_id_of
+
+logger = logging.getLogger(__name__)
 
 # Client config keys we accept. RemoteRunnable always sends the first three. Only
 # `configurable` reaches the chain (LangServe `config_keys`); tags, metadata and
@@ -88,7 +104,111 @@ class RequestGuard:
             await response(scope, receive, send)
             return
 
-        await self.app(scope, _replay(body, receive), send)
+        endpoint = match["endpoint"]
+        if endpoint in ("invoke", "batch"):
+            await self._run_cancellable(scope, body, receive, send)
+        else:
+            await self._run_stream(scope, body, receive, send)
+
+    async def _run_cancellable(
+        self, scope: Scope, body: bytes, receive: Receive, send: Send
+    ) -> None:
+        """Run the endpoint, and cancel it if the client disconnects first."""
+        disconnected = asyncio.Event()
+
+        async def app_receive() -> Message:
+            if not sent_body[0]:
+                sent_body[0] = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await disconnected.wait()
+            return {"type": "http.disconnect"}
+
+        sent_body = [False]
+        response_complete = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal response_complete
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                response_complete = True
+
+        handler = asyncio.ensure_future(self.app(scope, app_receive, tracked_send))
+        watcher = asyncio.ensure_future(receive())
+        done, _ = await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
+
+        if handler in done:
+            watcher.cancel()
+            handler.result()
+            return
+
+        message = watcher.result()
+        if message["type"] != "http.disconnect" or response_complete:
+            await handler
+            return
+
+        disconnected.set()
+        handler.cancel()
+        logger.info(
+            "client disconnected, cancelled %s request_id=%s",
+            scope["path"],
+            request_id_of(Request(scope)),
+        )
+        with contextlib.suppress(asyncio.CancelledError):
+            await handler
+
+    async def _run_stream(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+        """Run a streaming endpoint, and end a failed stream with a full error event.
+
+        LangServe yields a bare error event and re-raises, but the exception does not reach
+        this middleware, so a callback handler records it from inside the chain run.
+        """
+        recorder = _ErrorRecorder()
+        token = _current_recorder.set(recorder)
+        held_error = False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal held_error
+            if message["type"] == "http.response.body":
+                if b"event: error" in message.get("body", b""):
+                    held_error = True
+                if held_error:
+                    return  # Replaced by the full error event below.
+            await send(message)
+
+        try:
+            await self.app(scope, _replay(body, receive), guarded_send)
+        except BaseException as raised:
+            if not held_error:
+                raise
+            recorder.error = recorder.error or _unwrap(raised)
+        finally:
+            _current_recorder.reset(token)
+
+        if held_error:
+            error = recorder.error or RuntimeError("the stream failed")
+            await self._send_stream_error(scope, send, error)
+
+    async def _send_stream_error(self, scope: Scope, send: Send, error: BaseException) -> None:
+        request = Request(scope)
+        info = describe_exception(error)
+        request_id = request_id_of(request)
+        if info.error_type == "internal_error":
+            logger.error("stream request_id=%s failed", request_id, exc_info=error)
+        else:
+            logger.warning("stream request_id=%s failed: %s", request_id, info.message)
+
+        payload = {
+            "status_code": info.status_code,
+            "message": info.message,
+            "error": {"type": info.error_type, "message": info.message, "request_id": request_id},
+        }
+        events = (
+            f"event: error\r\ndata: {json.dumps(payload, ensure_ascii=False)}\r\n\r\n"
+            "event: end\r\n\r\n"
+        )
+        with contextlib.suppress(OSError, RuntimeError):
+            await send({"type": "http.response.body", "body": events.encode(), "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         declared = dict(scope["headers"]).get(b"content-length")
@@ -235,6 +355,41 @@ class RequestGuard:
                     f"{location}.configurable.{key}: {value!r} is not valid; choose one of: "
                     f"{', '.join(self.configurable[key])}",
                 )
+
+
+class _ErrorRecorder(BaseCallbackHandler):
+    """Callback handler that keeps the first error raised inside a chain run."""
+
+    run_inline = True
+    raise_error = False
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+
+    def _record(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
+
+    def on_chain_error(self, error: BaseException, **kwargs: Any) -> None:
+        self._record(error)
+
+    def on_llm_error(self, error: BaseException, **kwargs: Any) -> None:
+        self._record(error)
+
+
+# LangChain adds the handler in this variable to every run started in its context, which
+# includes the tasks that LangServe starts for one request.
+_current_recorder: ContextVar[_ErrorRecorder | None] = ContextVar(
+    "chainserve_error_recorder", default=None
+)
+register_configure_hook(_current_recorder, inheritable=True)
+
+
+def _unwrap(error: BaseException) -> BaseException:
+    """Return the first leaf exception of an exception group (anyio task groups raise them)."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

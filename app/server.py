@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loading: asyncio.Future[None] | None = None
-        if runtime is not None and settings.load_model_on_start:
+        if runtime is not None:
             # Load in a thread, so /health answers and /ready says 503 while it runs.
             loading = asyncio.ensure_future(
                 asyncio.to_thread(load_local_runtime, runtime, settings)

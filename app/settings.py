@@ -75,7 +75,7 @@ class Settings(BaseSettings):
         "(auto).",
     )
     torch_threads: int | None = Field(
-        default=None, ge=1, description="torch intra-op threads; unset uses every core."
+        default=None, ge=1, description="torch intra-op threads; unset uses every CPU core."
     )
     max_batch_size: int = Field(
         default=8, ge=1, description="Maximum requests in one batched generate call."
@@ -91,11 +91,6 @@ class Settings(BaseSettings):
     generation_timeout: float | None = Field(
         default=300.0, gt=0, description="Stop a local generation after this long (seconds)."
     )
-    load_model_on_start: bool = Field(
-        default=True,
-        description="Load the local model when the server starts rather than on first use.",
-    )
-
     # OpenAI or any OpenAI-compatible server.
     openai_api_key: SecretStr | None = Field(
         default=None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
@@ -23,8 +24,7 @@ MODEL_CONFIG_KEY = "model"
 def load_local_runtime(runtime: LocalRuntime, settings: Settings) -> None:
     """Load the local model into `runtime`; on failure, record the error and re-raise it."""
     try:
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
+        torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)
         loaded = load_model(
             settings.local_model,
             cache_dir=settings.cache_dir,

@@ -142,11 +142,12 @@ class LocalChatModel(BaseChatModel):
         stop: list[str] | None,
         sink: Any,
         kwargs: dict[str, Any],
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None = None,
     ) -> tuple[RequestHandle, list[str] | None]:
         engine = self.runtime.wait(self.load_timeout)
         prompt = self.render(messages, engine)
         candidates: list[str] | None = kwargs.get(LABEL_CANDIDATES_KWARG)
-        request_id = kwargs.get("request_id")
+        request_id = kwargs.get("request_id") or request_id_from(run_manager)
 
         if candidates:
             separator = " " if self._is_completion(engine) else ""
@@ -214,7 +215,7 @@ class LocalChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         events: queue.Queue[GenerationEvent] = queue.Queue()
-        handle, candidates = self._submit(messages, stop, events.put, kwargs)
+        handle, candidates = self._submit(messages, stop, events.put, kwargs, run_manager)
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         finished = False
 
@@ -283,7 +284,7 @@ class LocalChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        chunks = list(self._stream(messages, stop=stop, **kwargs))
+        chunks = list(self._stream(messages, stop=stop, run_manager=run_manager, **kwargs))
         return _result_from_chunks(chunks)
 
     async def _agenerate(
@@ -293,8 +294,21 @@ class LocalChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        chunks = [chunk async for chunk in self._astream(messages, stop=stop, **kwargs)]
+        chunks = [
+            chunk
+            async for chunk in self._astream(messages, stop=stop, run_manager=run_manager, **kwargs)
+        ]
         return _result_from_chunks(chunks)
+
+
+def request_id_from(
+    run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+) -> str | None:
+    """Return the HTTP request id that the server put into the run metadata, if any."""
+    if run_manager is None:
+        return None
+    request_id = (run_manager.metadata or {}).get("request_id")
+    return str(request_id) if request_id else None
 
 
 def _result_from_chunks(chunks: list[ChatGenerationChunk]) -> ChatResult:
