@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from langserve import add_routes
+from sse_starlette.sse import AppStatus
 
 from app.backends import MODEL_CONFIG_KEY, build_chat_model, load_local_runtime
 from app.backends.local import LocalRuntime
@@ -60,6 +61,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # sse-starlette 1.8 keeps one process-wide exit event, bound to the event loop that
+        # first streamed; a second server in the same process (tests, reloads) would fail
+        # every stream with "bound to a different event loop" unless it is reset.
+        AppStatus.should_exit_event = None
+
         loading: asyncio.Future[None] | None = None
         if runtime is not None:
             # Load in a thread, so /health answers and /ready says 503 while it runs.

@@ -1,14 +1,15 @@
 """Language names and detection for the `language`, `source_language` fields.
 
-Detection uses langdetect, with one rule in front of it: text with Han characters and no
-kana or Hangul is Chinese, because langdetect often calls short Chinese text Korean.
+Detection uses langdetect, with two rules in front of it: text with Han characters and no
+kana or Hangul is Chinese, because langdetect often calls short Chinese text Korean, and
+short ASCII text is English. An unsure guess (probability below 0.7) is English too.
 """
 
 from __future__ import annotations
 
 import re
 
-from langdetect import DetectorFactory, LangDetectException, detect
+from langdetect import DetectorFactory, LangDetectException, detect_langs
 
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _KANA_OR_HANGUL = re.compile(r"[\u3040-\u30ff\uac00-\ud7af]")
@@ -55,12 +56,18 @@ def detect_language(text: str) -> str:
     if _HAN.search(text) and not _KANA_OR_HANGUL.search(text):
         return "Chinese"
 
+    # langdetect guesses wildly on a few words ("hello" comes out Finnish), so short
+    # plain-ASCII text is taken as English.
+    if text.isascii() and len(text.split()) < 4:
+        return "English"
+
     # langdetect is random unless seeded; a fixed seed makes the same text give the same answer.
     DetectorFactory.seed = 0
     try:
-        return language_name(detect(text))
-    except LangDetectException:
+        best = detect_langs(text)[0]
+    except (LangDetectException, IndexError):
         return "English"
+    return language_name(best.lang) if best.prob >= 0.7 else "English"
 
 
 def is_cjk(language: str) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
+
 from langchain_core.language_models import LanguageModelInput
 from langchain_openai import ChatOpenAI
 
@@ -35,7 +37,12 @@ def build_openai_model(settings: Settings) -> OpenAIChatModel:
     if settings.openai_api_key is None:
         raise ValueError("the openai backend needs OPENAI_API_KEY; set it or use the local backend")
 
+    # Own HTTP clients per model: langchain-openai otherwise shares one cached client per
+    # base URL in the process, bound to the event loop that first used it, which fails
+    # once that loop is closed (a second server in the same process, as in the tests).
     return OpenAIChatModel(
+        http_client=httpx.Client(timeout=settings.openai_timeout),
+        http_async_client=httpx.AsyncClient(timeout=settings.openai_timeout),
         model=settings.openai_model,
         api_key=settings.openai_api_key,
         base_url=settings.openai_base_url,
