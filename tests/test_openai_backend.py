@@ -137,7 +137,10 @@ def test_model_choice_per_request(both_backends_server: LiveServer) -> None:
 def test_model_choice_unknown_lists_both(both_backends_server: LiveServer) -> None:
     response = httpx.post(
         f"{both_backends_server.url}/qa/invoke",
-        json={"input": {"question": "q", "context": "c"}, "config": {"configurable": {"model": "x"}}},
+        json={
+            "input": {"question": "q", "context": "c"},
+            "config": {"configurable": {"model": "x"}},
+        },
     )
     message = response.json()["error"]["message"]
 
@@ -209,7 +212,9 @@ def test_unreachable_upstream_is_502(tiny_settings_factory: Callable[..., Settin
         _env_file=None,  # type: ignore[call-arg]
     )
     with running_server(settings) as server:
-        response = httpx.post(f"{server.url}/qa/invoke", json={"input": {"question": "q", "context": "c"}})
+        response = httpx.post(
+            f"{server.url}/qa/invoke", json={"input": {"question": "q", "context": "c"}}
+        )
 
     assert response.status_code == 502
     assert response.json()["error"]["type"] == "upstream_unreachable"

@@ -1,15 +1,17 @@
 """Build a tiny chat model offline, for tests that need a real local model that runs fast.
 
-`build_tiny_model` trains a byte-level BPE tokenizer on generated English and Chinese text,
-initialises a 2-layer Llama with hidden size 64, and trains it for a few seconds on CPU so
-that greedy decoding of any ChatML prompt returns one fixed reply and then `<|im_end|>`.
-The folder loads with `AutoModelForCausalLM.from_pretrained` and
+`build_tiny_model` trains a byte-level BPE tokenizer on generated English and Chinese text
+and initialises a 2-layer Llama with hidden size 64. It then trains the model for a few
+seconds on CPU, so that greedy decoding of any ChatML prompt returns one fixed reply and then
+`<|im_end|>`. The folder loads with `AutoModelForCausalLM.from_pretrained` and
 `AutoTokenizer.from_pretrained`, and nothing is downloaded.
 """
 
 from __future__ import annotations
 
+import logging
 import random
+import time
 from pathlib import Path
 
 import torch
@@ -25,6 +27,8 @@ PAD_TOKEN = "<pad>"
 END_TOKEN = "<|im_end|>"
 START_TOKEN = "<|im_start|>"
 
+logger = logging.getLogger(__name__)
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -33,13 +37,21 @@ CHAT_TEMPLATE = (
 )
 
 VOCAB_SIZE = 600
+MAX_POSITIONS = 4096
 CORPUS_BYTES = 15_000
 
 TRAIN_STEPS = 150
-# Extra steps, in rounds, for the rare seed whose model still misses a check prompt.
+# Further training rounds, run only while a held-out check prompt still gets another output.
 EXTRA_STEP_ROUNDS = (100, 200)
-BATCH_SIZE = 16
+BATCH_SIZE = 8
 LEARNING_RATE = 3e-3
+# Training keeps only the last 24 to 96 tokens of each prompt, because the reply depends only
+# on the final `<|im_start|>assistant\n` (9 tokens) and short rows make each step cheap.
+# Attention under RoPE depends on relative positions, so the model still returns the reply
+# for prompts of over 1,000 tokens (2,716 was the longest tried), and `check_conversations`
+# includes two of over 1,000.
+MIN_TRAIN_PROMPT_TOKENS = 24
+MAX_TRAIN_PROMPT_TOKENS = 96
 
 _ENGLISH_WORDS = (
     "the a an this that these my your our their some every no one two three "
@@ -65,7 +77,6 @@ _CHINESE_WORDS = (
 
 _ENGLISH_ENDINGS = (".", ".", ".", "?", "!")
 _CHINESE_ENDINGS = ("。", "。", "。", "？", "！")
-_ROLES_BEFORE_LAST = ("system", "user", "assistant")
 
 
 def english_sentence(rng: random.Random) -> str:
@@ -127,6 +138,7 @@ def train_tokenizer(corpus: list[str]) -> PreTrainedTokenizerFast:
         padding_side="left",
         chat_template=CHAT_TEMPLATE,
         clean_up_tokenization_spaces=False,
+        model_max_length=MAX_POSITIONS,
     )
 
 
@@ -145,7 +157,7 @@ def random_conversation(rng: random.Random) -> list[dict[str, str]]:
         messages.append({"role": "assistant", "content": random_text(rng, max_sentences=1)})
 
     if rng.random() < 0.1:
-        # An odd last turn: one or two characters, or a role other than the usual ones.
+        # An odd last turn: a greeting, one character or only whitespace.
         content = rng.choice(("hi", "?", "好", "ok", "1", " ", "嗯。"))
     else:
         content = random_text(rng, max_sentences=4)
@@ -158,9 +170,7 @@ def encode_prompt(tokenizer: PreTrainedTokenizerFast, messages: list[dict[str, s
     return tokenizer(rendered, add_special_tokens=False)["input_ids"]
 
 
-def make_batch(
-    prompts: list[list[int]], target: list[int], pad_id: int
-) -> dict[str, torch.Tensor]:
+def make_batch(prompts: list[list[int]], target: list[int], pad_id: int) -> dict[str, torch.Tensor]:
     """Left-pad prompt + target rows; only the target tokens count in the loss."""
     rows = [prompt + target for prompt in prompts]
     width = max(len(row) for row in rows)
@@ -194,7 +204,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausal
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=4,
-        max_position_embeddings=4096,
+        max_position_embeddings=MAX_POSITIONS,
         tie_word_embeddings=True,
         bos_token_id=None,
         eos_token_id=end_id,
@@ -220,7 +230,11 @@ def train_steps(
     model.train()
     loss_value = float("nan")
     for _ in range(steps):
-        prompts = [encode_prompt(tokenizer, random_conversation(rng)) for _ in range(BATCH_SIZE)]
+        prompts = []
+        for _ in range(BATCH_SIZE):
+            prompt = encode_prompt(tokenizer, random_conversation(rng))
+            kept_tokens = rng.randint(MIN_TRAIN_PROMPT_TOKENS, MAX_TRAIN_PROMPT_TOKENS)
+            prompts.append(prompt[-kept_tokens:])
         batch = make_batch(prompts, target, tokenizer.pad_token_id)
         loss = model(**batch).loss
         optimizer.zero_grad()
@@ -235,6 +249,13 @@ def check_conversations(seed: int) -> list[list[dict[str, str]]]:
     """Return held-out conversations, drawn from another seed than the training ones."""
     rng = random.Random(seed + 1_000_003)
     conversations = [random_conversation(rng) for _ in range(12)]
+    for _ in range(2):
+        long_conversation = []
+        for _ in range(12):
+            long_conversation.append({"role": "user", "content": random_text(rng, 4)})
+            long_conversation.append({"role": "assistant", "content": random_text(rng, 2)})
+        long_conversation.append({"role": "user", "content": random_text(rng, 4)})
+        conversations.append(long_conversation)
     conversations.append([{"role": "user", "content": "hi"}])
     conversations.append([{"role": "user", "content": "请把这句话翻译成英文：今天天气很好。"}])
     conversations.append(
@@ -270,15 +291,56 @@ def failed_checks(
     return failures
 
 
+def train_model(
+    tokenizer: PreTrainedTokenizerFast, target: list[int], seed: int
+) -> tuple[LlamaForCausalLM, float, int]:
+    """Train until greedy decoding returns `target` for every check prompt.
+
+    Returns the model, the last training loss and the number of steps run.
+    """
+    model = build_model(tokenizer, seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    rng = random.Random(seed)
+    conversations = check_conversations(seed)
+
+    loss = train_steps(model, optimizer, tokenizer, target, rng, TRAIN_STEPS)
+    steps_run = TRAIN_STEPS
+    failures = failed_checks(model, tokenizer, conversations, target)
+    for steps in EXTRA_STEP_ROUNDS:
+        if not failures:
+            break
+        logger.info(
+            "tiny model fails %d check prompts; training %d more steps", len(failures), steps
+        )
+        loss = train_steps(model, optimizer, tokenizer, target, rng, steps)
+        steps_run += steps
+        failures = failed_checks(model, tokenizer, conversations, target)
+    if failures:
+        reply = tokenizer.decode(target, skip_special_tokens=True)
+        raise RuntimeError(
+            f"the tiny model did not learn the reply {reply!r} after {steps_run} steps "
+            f"(seed {seed}); wrong outputs: {failures[:3]}"
+        )
+    return model, loss, steps_run
+
+
 def build_tiny_model(folder: Path, reply: str = "tiny reply", seed: int = 0) -> Path:
     """Train and save a tiny chat model whose greedy reply to any ChatML prompt is `reply`.
 
-    Raises RuntimeError if the trained model still gives another output for one of the
-    held-out check prompts; that has not happened for the seeds tried so far.
+    Raises RuntimeError if the trained model still gives another output for a held-out check
+    prompt after all extra rounds. With seeds 0 to 4 and four replies (English, Chinese, mixed
+    and one letter), every build passed its checks after the first 150 steps.
+
+    Training sets torch's intra-op thread count to 1 for the whole process, and restores it
+    afterwards.
     """
     if not reply:
         raise ValueError("reply must be a non-empty string")
+    for token in (PAD_TOKEN, END_TOKEN, START_TOKEN):
+        if token in reply:
+            raise ValueError(f"reply must not contain the special token {token}, got {reply!r}")
     folder = Path(folder)
+    started = time.perf_counter()
 
     tokenizer = train_tokenizer(generate_corpus(seed))
     reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"]
@@ -286,25 +348,23 @@ def build_tiny_model(folder: Path, reply: str = "tiny reply", seed: int = 0) -> 
         raise ValueError(f"the tiny tokenizer does not round-trip the reply {reply!r}")
     target = reply_ids + [tokenizer.convert_tokens_to_ids(END_TOKEN)]
 
-    model = build_model(tokenizer, seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-    rng = random.Random(seed)
-    conversations = check_conversations(seed)
-
-    train_steps(model, optimizer, tokenizer, target, rng, TRAIN_STEPS)
-    failures = failed_checks(model, tokenizer, conversations, target)
-    for steps in EXTRA_STEP_ROUNDS:
-        if not failures:
-            break
-        train_steps(model, optimizer, tokenizer, target, rng, steps)
-        failures = failed_checks(model, tokenizer, conversations, target)
-    if failures:
-        raise RuntimeError(
-            f"the tiny model did not learn the reply {reply!r} (seed {seed}); "
-            f"wrong outputs: {failures[:3]}"
-        )
+    # One intra-op thread is enough for matrices this small. On 2 vCPUs shared with other
+    # jobs, two threads made 150 steps of batch 16 take 116 s against 6.9 s with one.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model, loss, steps_run = train_model(tokenizer, target, seed)
+    finally:
+        torch.set_num_threads(threads)
 
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    logger.info(
+        "built tiny model in %s: %d steps, last loss %.4f, %.1f s",
+        folder,
+        steps_run,
+        loss,
+        time.perf_counter() - started,
+    )
     return folder

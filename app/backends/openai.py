@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-
 from langchain_core.language_models import LanguageModelInput
 from langchain_openai import ChatOpenAI
 
