@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 import uvicorn
+from pythonjsonlogger.json import JsonFormatter
 
+from app.observability import RequestIdFilter
 from app.settings import Settings
 
 cli = typer.Typer(help="chainserve: LangServe chains for everyday language tasks.")
@@ -45,10 +47,7 @@ def serve(
         typer.echo(f"invalid settings: {error}", err=True)
         raise typer.Exit(code=2) from None
 
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings)
 
     from app.server import create_app
     from chains.prompts import PromptFileError
@@ -59,7 +58,36 @@ def serve(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=2) from None
 
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    # chainserve logs each request itself, with its request id, so uvicorn's access log is off.
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
+
+
+def configure_logging(settings: Settings) -> None:
+    """Send all logs to stderr as text or JSON lines, each with its request id."""
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    if settings.log_format == "json":
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+        )
+
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
 
 
 def main() -> None:

@@ -23,21 +23,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.backends.engine import GenerationCancelled, QueueFullError
 from app.backends.local import GenerationTimeout, ModelNotLoaded
+from app.observability import REQUEST_ID_HEADER
 
 logger = logging.getLogger(__name__)
 
-REQUEST_ID_HEADER = "X-Request-ID"
-
 
 def request_id_of(request: Request) -> str:
-    """Return the request's id: the client's X-Request-ID, or a new one, stored on the request."""
+    """Return the id that ObservabilityMiddleware gave the request, or a new one."""
     existing = getattr(request.state, "request_id", None)
     if existing:
         return str(existing)
 
-    incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    cleaned = "".join(ch for ch in incoming if ch.isalnum() or ch in "-_.")[:64]
-    request_id = cleaned or uuid.uuid4().hex
+    request_id = uuid.uuid4().hex
     request.state.request_id = request_id
     return request_id
 

@@ -28,16 +28,14 @@ import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from contextvars import ContextVar
 from typing import Any
 
-from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.tracers.context import register_configure_hook
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import describe_exception, describe_validation_errors, error_response, request_id_of
+from app.observability import current_tracker
 
 logger = logging.getLogger(__name__)
 
@@ -160,10 +158,10 @@ class RequestGuard:
         """Run a streaming endpoint, and end a failed stream with a full error event.
 
         LangServe yields a bare error event and re-raises, but the exception does not reach
-        this middleware, so a callback handler records it from inside the chain run.
+        this middleware, so the request's RunTracker records it from inside the chain run.
         """
-        recorder = _ErrorRecorder()
-        token = _current_recorder.set(recorder)
+        tracker = current_tracker.get()
+        raised_error: BaseException | None = None
         held_error = False
 
         async def guarded_send(message: Message) -> None:
@@ -180,13 +178,11 @@ class RequestGuard:
         except BaseException as raised:
             if not held_error:
                 raise
-            recorder.error = recorder.error or _unwrap(raised)
-        finally:
-            _current_recorder.reset(token)
+            raised_error = _unwrap(raised)
 
         if held_error:
-            error = recorder.error or RuntimeError("the stream failed")
-            await self._send_stream_error(scope, send, error)
+            error = (tracker.error if tracker else None) or raised_error
+            await self._send_stream_error(scope, send, error or RuntimeError("the stream failed"))
 
     async def _send_stream_error(self, scope: Scope, send: Send, error: BaseException) -> None:
         request = Request(scope)
@@ -355,34 +351,6 @@ class RequestGuard:
                     f"{location}.configurable.{key}: {value!r} is not valid; choose one of: "
                     f"{', '.join(self.configurable[key])}",
                 )
-
-
-class _ErrorRecorder(BaseCallbackHandler):
-    """Callback handler that keeps the first error raised inside a chain run."""
-
-    run_inline = True
-    raise_error = False
-
-    def __init__(self) -> None:
-        self.error: BaseException | None = None
-
-    def _record(self, error: BaseException) -> None:
-        if self.error is None:
-            self.error = error
-
-    def on_chain_error(self, error: BaseException, **kwargs: Any) -> None:
-        self._record(error)
-
-    def on_llm_error(self, error: BaseException, **kwargs: Any) -> None:
-        self._record(error)
-
-
-# LangChain adds the handler in this variable to every run started in its context, which
-# includes the tasks that LangServe starts for one request.
-_current_recorder: ContextVar[_ErrorRecorder | None] = ContextVar(
-    "chainserve_error_recorder", default=None
-)
-register_configure_hook(_current_recorder, inheritable=True)
 
 
 def _unwrap(error: BaseException) -> BaseException:

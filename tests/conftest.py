@@ -18,7 +18,7 @@ from app.server import create_app
 from app.settings import Settings
 from tests.tiny_model import build_tiny_model
 
-# The tiny model answers every prompt with this reply: English, Chinese, an emoji and
+# The tiny model answers every prompt with this reply: English, Chinese and full-width
 # punctuation, so round trips through every client can be compared byte for byte.
 TINY_REPLY = "Hello 世界，小模型 ok"
 

@@ -164,10 +164,12 @@ class FakeOpenAI:
     """An OpenAI chat-completions server on 127.0.0.1, run by uvicorn in a daemon thread.
 
     `requests` contains every request body received, parsed from JSON, in arrival order.
-    Set `fault` at any time to make the following requests misbehave: `"status:429"` responds
-    with that HTTP status and an OpenAI-style error body, `"slow:1.5"` waits that many seconds
-    before answering, and `"cut"` closes the connection mid-response (a stream after
-    CUT_AFTER_CHUNKS content chunks, without `[DONE]`). `None` turns faults off.
+    Set `fault` at any time to make the following requests misbehave, and to None to stop:
+
+    - `"status:429"` responds with that HTTP status and an OpenAI-style error body.
+    - `"slow:1.5"` waits that many seconds before responding, or until the client disconnects.
+    - `"cut"` closes the connection mid-response. A stream ends after CUT_AFTER_CHUNKS content
+      chunks without `[DONE]`, and a plain response after half of its JSON body.
     """
 
     def __init__(self, responder: Responder = default_responder) -> None:
@@ -392,7 +394,8 @@ class Completion:
             if cut and index == CUT_AFTER_CHUNKS:
                 raise StreamCut(f"injected fault: stream cut after {index} content chunks")
             yield sse_event(self.chunk({"content": piece}))
-            await asyncio.sleep(0)  # Let each chunk reach the socket on its own.
+            # Yield to the event loop between chunks, as token streaming does.
+            await asyncio.sleep(0)
 
         if cut:
             raise StreamCut(f"injected fault: stream cut after {len(self.pieces)} content chunks")

@@ -294,7 +294,7 @@ def failed_checks(
 def train_model(
     tokenizer: PreTrainedTokenizerFast, target: list[int], seed: int
 ) -> tuple[LlamaForCausalLM, float, int]:
-    """Train until greedy decoding returns `target` for every check prompt.
+    """Train a new model, with extra rounds while a check prompt gets another output than `target`.
 
     Returns the model, the last training loss and the number of steps run.
     """

@@ -394,11 +394,11 @@ class Engine:
                 hit_stop = True
 
         if not hit_stop and not final:
-            # Hold back text that may be the start of a stop string, and a trailing
-            # replacement character that marks a multi-byte character still incomplete.
-            end = len(text) - _held_back_suffix(text, stops)
+            # Hold back a trailing replacement character, which marks a multi-byte character
+            # still incomplete, and then any text that may be the start of a stop string.
             while end > row.sent_chars and text[end - 1] == "\ufffd":
                 end -= 1
+            end -= _held_back_suffix(text[:end], stops)
 
         if end > row.sent_chars:
             row.request.sink(GenerationEvent(text=text[row.sent_chars : end]))
@@ -432,9 +432,11 @@ class Engine:
         texts: list[str] = []
         spans: list[tuple[int, int]] = []  # per sequence: (prompt tokens, total tokens)
         owners: list[int] = []
+        prompt_lengths: list[int] = []
 
         for index, request in enumerate(batch):
             prompt_ids = self.tokenizer(request.prompt, add_special_tokens=False)["input_ids"]
+            prompt_lengths.append(len(prompt_ids))
             for candidate in request.candidates:
                 full_ids = self.tokenizer(request.prompt + candidate, add_special_tokens=False)[
                     "input_ids"
@@ -473,7 +475,7 @@ class Engine:
                 total += float(log_probs[sequence, position - 1, token])
             totals[owners[sequence]].append(total)
 
-        for request, values in zip(batch, totals, strict=True):
+        for request, values, prompt_length in zip(batch, totals, prompt_lengths, strict=True):
             if request.cancelled.is_set():
                 request.sink(GenerationEvent(done=True, error=GenerationCancelled("cancelled")))
                 continue
@@ -482,7 +484,7 @@ class Engine:
                     done=True,
                     scores=values,
                     finish_reason="stop",
-                    input_tokens=spans[0][0],
+                    input_tokens=prompt_length,
                     output_tokens=0,
                 )
             )

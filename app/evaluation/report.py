@@ -28,6 +28,7 @@ SCORES_PNG = "row_scores.png"
 
 ERRORS_COLUMNS = ["row", "line", "kind", "reason", "input", "gold", "prediction", "score"]
 MAX_ROWS_IN_MARKDOWN = 20
+GENERATION_TASKS = {"summarize", "translate"}
 
 # The per-row score that errors.csv and the histogram show, with its upper bound.
 ROW_SCORE_NAMES = {
@@ -280,18 +281,26 @@ def render_markdown(
         )
         lines.append("")
 
-    wrong = report["wrong_rows"]
+    wrong = list(report["wrong_rows"])
     if wrong:
-        lines += [f"## Wrong predictions ({len(wrong)})", ""]
+        scores = report["row_scores"]
+        if spec.name in GENERATION_TASKS:
+            # Nearly every generated text differs from its reference, so show the worst first.
+            wrong.sort(key=lambda row: scores.get(str(row), 0.0))
+            lines += [f"## Predictions that differ from the reference ({len(wrong)})", ""]
+        else:
+            lines += [f"## Wrong predictions ({len(wrong)})", ""]
         if len(wrong) > MAX_ROWS_IN_MARKDOWN:
-            lines += [f"The first {MAX_ROWS_IN_MARKDOWN}; errors.csv lists all of them.", ""]
+            lines += [f"The first {MAX_ROWS_IN_MARKDOWN} of them; errors.csv lists all.", ""]
+        score_name = ROW_SCORE_NAMES[spec.name][0]
         lines += _markdown_table(
-            ["row", "gold", "prediction"],
+            ["row", "gold", "prediction", score_name],
             [
                 [
                     row,
                     spec.gold_text(records[row]["gold"]),
                     spec.prediction_text(records[row]["prediction"]),
+                    _format_score(scores.get(str(row))),
                 ]
                 for row in wrong[:MAX_ROWS_IN_MARKDOWN]
             ],
