@@ -37,6 +37,7 @@ from app.backends.engine import (
     SamplingParams,
     softmax,
 )
+from app.observability import current_request_id
 from chains.classify import LABEL_CANDIDATES_KWARG
 
 logger = logging.getLogger(__name__)
@@ -147,7 +148,9 @@ class LocalChatModel(BaseChatModel):
         engine = self.runtime.wait(self.load_timeout)
         prompt = self.render(messages, engine)
         candidates: list[str] | None = kwargs.get(LABEL_CANDIDATES_KWARG)
-        request_id = kwargs.get("request_id") or request_id_from(run_manager)
+        request_id = (
+            kwargs.get("request_id") or request_id_from(run_manager) or current_request_id()
+        )
 
         if candidates:
             separator = " " if self._is_completion(engine) else ""
