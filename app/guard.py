@@ -30,6 +30,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from langserve.lzstring import LZString
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -45,7 +46,8 @@ logger = logging.getLogger(__name__)
 ALLOWED_CONFIG_KEYS = ("configurable", "metadata", "recursion_limit", "tags")
 
 _ENDPOINT = re.compile(
-    r"^/(?P<chain>[a-z_]+)(?:/c/[^/]+)?/(?P<endpoint>invoke|batch|stream|stream_log|stream_events)/?$"
+    r"^/(?P<chain>[a-z_]+)(?:/c/(?P<config_hash>[^/]+))?"
+    r"/(?P<endpoint>invoke|batch|stream|stream_log|stream_events)/?$"
 )
 
 
@@ -90,6 +92,8 @@ class RequestGuard:
 
         try:
             body = await self._read_body(scope, receive)
+            if match["config_hash"]:
+                self._check_config(_decode_config_hash(match["config_hash"]), "config hash")
             self._check(match["chain"], match["endpoint"], body)
         except RequestRejected as rejection:
             response = error_response(
@@ -353,6 +357,17 @@ class RequestGuard:
                     f"{location}.configurable.{key}: {value!r} is not valid; choose one of: "
                     f"{', '.join(self.configurable[key])}",
                 )
+
+
+def _decode_config_hash(config_hash: str) -> Any:
+    """Decode the config that the playground puts into `/c/{config_hash}/` paths."""
+    try:
+        decoded = LZString.decompressFromEncodedURIComponent(config_hash)
+        return json.loads(decoded) if decoded else None
+    except (ValueError, TypeError, KeyError, IndexError):
+        raise RequestRejected(
+            422, "validation_error", "the config hash in the path is not valid"
+        ) from None
 
 
 def _unwrap(error: BaseException) -> BaseException:
