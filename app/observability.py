@@ -43,7 +43,7 @@ class RunTracker(BaseCallbackHandler):
         self.output_tokens = 0
         self.error: BaseException | None = None
 
-    def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+    def on_llm_new_token(self, token: Any, **kwargs: Any) -> None:
         if token and self.first_token_seconds is None:
             self.first_token_seconds = time.perf_counter() - self.started
 

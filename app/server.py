@@ -7,7 +7,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -34,8 +34,23 @@ CHAIN_DESCRIPTIONS = {
     "qa": "Answer a question from a context, or report that the context lacks the answer.",
 }
 
+EndpointName = Literal[
+    "invoke",
+    "batch",
+    "stream",
+    "stream_log",
+    "stream_events",
+    "playground",
+    "feedback",
+    "public_trace_link",
+    "input_schema",
+    "config_schema",
+    "output_schema",
+    "config_hashes",
+]
+
 # Every LangServe endpoint the playground, RemoteRunnable and curl users need.
-ENABLED_ENDPOINTS = (
+ENABLED_ENDPOINTS: tuple[EndpointName, ...] = (
     "invoke",
     "batch",
     "stream",

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 import torch
+from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import ConfigurableField, Runnable
 
 from app.backends.engine import Engine
@@ -63,7 +64,7 @@ def build_chat_model(settings: Settings, runtime: LocalRuntime | None) -> Runnab
     With more than one backend available, the result is configurable per request with
     `config={"configurable": {"model": "openai" | "local"}}`.
     """
-    models: dict[str, Runnable[Any, Any]] = {}
+    models: dict[str, BaseChatModel] = {}
     for name in settings.available_backends():
         if name == "openai":
             models[name] = build_openai_model(settings)
@@ -84,5 +85,5 @@ def build_chat_model(settings: Settings, runtime: LocalRuntime | None) -> Runnab
             description="The chat model backend that serves this request.",
         ),
         default_key=default_name,
-        **models,
+        **models,  # type: ignore[arg-type]  # alternatives are keyword arguments by name
     )

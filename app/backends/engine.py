@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
@@ -136,7 +136,7 @@ class _RowController(StoppingCriteria):
                 self.engine._advance_row(row, token)
             done.append(row.finished)
 
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        return cast(torch.BoolTensor, torch.tensor(done, dtype=torch.bool, device=input_ids.device))
 
 
 class Engine:
@@ -345,7 +345,7 @@ class Engine:
 
         try:
             with torch.inference_mode():
-                self.model.generate(**encoded, **generate_kwargs)
+                self.model.generate(**encoded, **generate_kwargs)  # type: ignore[operator]
         except Exception as error:
             logger.exception("generation of a batch of %d rows failed", len(rows))
             for row in rows:
@@ -382,7 +382,7 @@ class Engine:
 
     def _flush_row(self, row: _Row, *, final: bool) -> bool:
         """Send the row's new text; return True when a stop string ended the row."""
-        text = self.tokenizer.decode(row.token_ids, skip_special_tokens=True)
+        text = str(self.tokenizer.decode(row.token_ids, skip_special_tokens=True))
         stops = row.request.stop
         end = len(text)
         hit_stop = False

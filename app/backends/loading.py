@@ -113,7 +113,7 @@ def load_model(
     tokenizer = AutoTokenizer.from_pretrained(source)
     model_kwargs = {} if dtype == "auto" else {"dtype": _DTYPES[dtype]}
     model = AutoModelForCausalLM.from_pretrained(source, **model_kwargs)
-    model = model.to(torch_device)
+    model = model.to(torch_device)  # type: ignore[arg-type]
     model.eval()
 
     tokenizer.padding_side = "left"

@@ -307,8 +307,8 @@ def _read_gold(
             return {}, [f"missing or empty gold column {column!r}"]
         return {task.gold_field: text}, []
 
-    # qa: a row is unanswerable when `answerable` says so, or when it is absent and the
-    # answer is empty.
+    # qa: a row is unanswerable when `answerable` is false, or when `answerable` is absent
+    # and the answer is empty.
     answerable_column = mapping["answerable"]
     flag = _cell(values, answerable_column)
     if flag is None:

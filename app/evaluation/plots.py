@@ -38,8 +38,8 @@ def cjk_font_name() -> str | None:
     if name is not None:
         return name
 
-    # matplotlib caches its font list; a font installed after the cache was built is missing
-    # from it, so register system font files whose names look like CJK fonts and search again.
+    # matplotlib caches its font list, so a font installed after the cache was built is
+    # missing from it. Register system font files whose names look like CJK fonts and retry.
     for path in font_manager.findSystemFonts():
         lowered = Path(path).name.lower()
         if "cjk" in lowered or "wqy" in lowered or "simhei" in lowered:

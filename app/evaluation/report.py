@@ -393,7 +393,11 @@ def print_comparison(
             shown = Text("n/a")
         else:
             sign = "+" if difference > 0 else ""
-            color = "green" if difference > 0 else "red" if difference < 0 else "default"
+            color = "default"
+            if difference > 0:
+                color = "green"
+            elif difference < 0:
+                color = "red"
             shown = Text(f"{sign}{format_metric(item.name, difference)}", style=color)
         table.add_row(
             Text(item.name),

@@ -2,9 +2,9 @@
 
 Each finished batch is appended to `OUT/predictions.jsonl` and flushed, one JSON object per
 row: `row`, `line`, `input`, `gold`, and either `prediction` (the chain output) or `error`.
-A KeyboardInterrupt stops the run and the report is written from the rows done so far.
+A KeyboardInterrupt stops the run, and the report is written from the rows done so far.
 With `resume`, rows that already have a prediction are skipped and rows whose request
-failed are sent again; when a row appears more than once, its last record counts.
+failed are sent again. When a row appears more than once, its last record counts.
 """
 
 from __future__ import annotations
@@ -183,7 +183,8 @@ def _start_run(out_dir: Path, task: str, dataset: str, resume: bool) -> dict[int
         earlier = json.loads(run_path.read_text(encoding="utf-8"))
         if earlier.get("task") != task:
             raise EvaluationError(
-                f"cannot resume: {out_dir} holds a {earlier.get('task')!r} run, not {task!r}"
+                f"cannot resume: {out_dir} contains a {earlier.get('task')!r} run, not {task!r}; "
+                "choose another --out folder"
             )
     if not predictions_path.exists():
         logger.warning("nothing to resume in %s; starting a new run there", out_dir)
@@ -281,8 +282,8 @@ async def _predict_batches(
         batch = examples[start : start + batch_size]
         outputs = await _batch_outputs(runnable, [example.input for example in batch])
 
-        # A row cancelled inside the batch means the run is being stopped, such as a
-        # KeyboardInterrupt in a worker thread, so that row is not an answer to record.
+        # A row cancelled inside the batch means that the run is being stopped, for example
+        # by a KeyboardInterrupt in a worker thread, so that row has no output to record.
         finished = [
             (example, output)
             for example, output in zip(batch, outputs, strict=True)
@@ -313,8 +314,8 @@ async def _invoke_row(runnable: Runnable[Any, Any], item: Any) -> Any:
         try:
             return await runnable.ainvoke(item)
         except httpx.TransportError as error:
-            # A server may close a kept-alive connection after answering 500, and the next
-            # request on that connection fails with ReadError, so send the row once more.
+            # A server may close a kept-alive connection after returning status 500, and the
+            # next request on that connection fails with ReadError, so send the row once more.
             if attempt == 2:
                 return error
             logger.warning("request failed (%r); sending the row again", error)

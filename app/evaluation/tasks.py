@@ -20,7 +20,7 @@ NO_ANSWER_TEXT = "(unanswerable)"
 class TaskSpec:
     """The input model of a task's chain and the names of its gold fields.
 
-    `gold_field` is the main gold value (a label, a reference text or an answer); qa also
+    `gold_field` is the main gold value: a label, a reference text or an answer. qa also
     has `answerable` as an optional second gold field.
     """
 
