@@ -452,27 +452,31 @@ class Engine:
         # Left padding shifts every row, so positions must count only real tokens, as
         # `generate` does; otherwise a row's scores depend on its batch neighbours.
         position_ids = (encoded["attention_mask"].cumsum(dim=1) - 1).clamp(min=0)
+        # Candidate tokens sit at the end of every left-padded row, so only the last
+        # `keep` positions need logits. Full logits would take sequences x length x
+        # vocabulary floats: gigabytes for Gemma's 262k vocabulary.
+        keep = max(length - shared for shared, length in spans) + 1
         with self._condition:
             self.active_rows += len(batch)
             self.batches_run += 1
         try:
             with torch.inference_mode():
-                logits = self.model(**encoded, position_ids=position_ids).logits.float()
+                output = self.model(**encoded, position_ids=position_ids, logits_to_keep=keep)
+                log_probs = torch.log_softmax(output.logits.float(), dim=-1)
         finally:
             with self._condition:
                 self.active_rows -= len(batch)
 
-        log_probs = torch.log_softmax(logits, dim=-1)
         input_ids = encoded["input_ids"]
-        padded_length = input_ids.shape[1]
+        first_kept = input_ids.shape[1] - keep  # position of log_probs[:, 0]
         totals: list[list[float]] = [[] for _ in batch]
 
         for sequence, (shared, length) in enumerate(spans):
-            offset = padded_length - length  # left padding
+            offset = input_ids.shape[1] - length  # left padding
             total = 0.0
             for position in range(offset + shared, offset + length):
                 token = int(input_ids[sequence, position])
-                total += float(log_probs[sequence, position - 1, token])
+                total += float(log_probs[sequence, position - 1 - first_kept, token])
             totals[owners[sequence]].append(total)
 
         for request, values, prompt_length in zip(batch, totals, prompt_lengths, strict=True):

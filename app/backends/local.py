@@ -252,9 +252,11 @@ class LocalChatModel(BaseChatModel):
                 pass  # The event loop is closed, so nobody is waiting for this event.
 
         if self.runtime.is_loaded:
-            handle, candidates = self._submit(messages, stop, sink, kwargs)
+            handle, candidates = self._submit(messages, stop, sink, kwargs, run_manager)
         else:
-            handle, candidates = await asyncio.to_thread(self._submit, messages, stop, sink, kwargs)
+            handle, candidates = await asyncio.to_thread(
+                self._submit, messages, stop, sink, kwargs, run_manager
+            )
         deadline = None if self.timeout is None else loop.time() + self.timeout
         finished = False
 
