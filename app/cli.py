@@ -9,6 +9,7 @@ import typer
 import uvicorn
 from pythonjsonlogger.json import JsonFormatter
 
+from app.evaluation import register as register_evaluation
 from app.observability import RequestIdFilter
 from app.settings import Settings
 
@@ -91,4 +92,5 @@ def configure_logging(settings: Settings) -> None:
 
 
 def main() -> None:
+    register_evaluation(cli)
     cli()

@@ -21,7 +21,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable, RunnableGenerator, RunnableLambda
 from langchain_core.runnables.utils import AddableDict
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from chains.prompts import PromptFile
 
@@ -31,6 +31,20 @@ ChatModel = BaseChatModel | Runnable[Any, Any]
 _CJK_CHARS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af"
 _CJK = re.compile(f"[{_CJK_CHARS}]")
 _WORD = re.compile(f"[{_CJK_CHARS}]|[^\\s{_CJK_CHARS}]+")
+
+
+def _drop_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+def optional_field(description: str, **kwargs: Any) -> Any:
+    """Return a pydantic Field for an optional input that may be omitted or null.
+
+    Annotate it as `X | SkipJsonSchema[None]`: its JSON schema then shows only the `X` type
+    and no `null` default, because the LangServe 0.3 playground's form (JSONForms) renders a
+    blank page for an `anyOf` with a null branch.
+    """
+    return Field(default=None, description=description, json_schema_extra=_drop_default, **kwargs)
 
 
 def require_text(value: str, field: str) -> str:

@@ -10,8 +10,16 @@ from typing import Any
 from langchain_core.runnables import Runnable, RunnableGenerator
 from langchain_core.runnables.utils import AddableDict
 from pydantic import BaseModel, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
-from chains.base import ChatModel, build_task_chain, generation_kwargs, message_text, require_text
+from chains.base import (
+    ChatModel,
+    build_task_chain,
+    generation_kwargs,
+    message_text,
+    optional_field,
+    require_text,
+)
 from chains.prompts import load_prompt_file
 
 DEFAULT_LABELS = ["positive", "negative", "neutral"]
@@ -24,12 +32,14 @@ class ClassifyInput(BaseModel):
     """A text to classify, with the allowed labels."""
 
     text: str = Field(description="The text to classify.", examples=["这个产品太好用了！"])
+    # A plain default (pydantic copies it per instance) shows in the JSON schema, so the
+    # playground's form starts with the sentiment labels filled in.
     labels: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_LABELS),
+        default=list(DEFAULT_LABELS),
         description="Allowed labels; the output is always one of them.",
     )
-    instructions: str | None = Field(
-        default=None, description="Extra instructions for the model, such as label definitions."
+    instructions: str | SkipJsonSchema[None] = optional_field(
+        "Extra instructions for the model, such as label definitions."
     )
 
     @field_validator("text")

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from langchain_core.runnables import Runnable
 from pydantic import BaseModel, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
-from chains.base import ChatModel, build_task_chain, generation_kwargs, require_text, text_parser
+from chains.base import (
+    ChatModel,
+    build_task_chain,
+    generation_kwargs,
+    optional_field,
+    require_text,
+    text_parser,
+)
 from chains.language import detect_language, is_cjk, language_name
 from chains.prompts import load_prompt_file
 
@@ -17,17 +25,13 @@ class SummarizeInput(BaseModel):
     """A text to summarize."""
 
     text: str = Field(description="The text to summarize.")
-    max_words: int | None = Field(
-        default=None,
-        ge=1,
-        le=1000,
-        description="Maximum length of the summary in words; for Chinese and Japanese, "
-        "one character counts as one word.",
+    max_words: Annotated[int, Field(ge=1, le=1000)] | SkipJsonSchema[None] = optional_field(
+        "Maximum length of the summary in words; for Chinese and Japanese, "
+        "one character counts as one word."
     )
-    language: str | None = Field(
-        default=None,
-        description="Language of the summary, as a name or code (English, zh). "
-        "Defaults to the language of the text.",
+    language: str | SkipJsonSchema[None] = optional_field(
+        "Language of the summary, as a name or code (English, zh). "
+        "Defaults to the language of the text."
     )
 
     @field_validator("text")

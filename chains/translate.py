@@ -7,8 +7,16 @@ from typing import Any
 
 from langchain_core.runnables import Runnable
 from pydantic import BaseModel, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
-from chains.base import ChatModel, build_task_chain, generation_kwargs, require_text, text_parser
+from chains.base import (
+    ChatModel,
+    build_task_chain,
+    generation_kwargs,
+    optional_field,
+    require_text,
+    text_parser,
+)
 from chains.language import detect_language, language_name
 from chains.prompts import load_prompt_file
 
@@ -21,8 +29,8 @@ class TranslateInput(BaseModel):
         description="Language to translate into, as a name or code (English, zh, French).",
         examples=["English"],
     )
-    source_language: str | None = Field(
-        default=None, description="Language of the text; detected when absent."
+    source_language: str | SkipJsonSchema[None] = optional_field(
+        "Language of the text; detected when absent."
     )
 
     @field_validator("text")
