@@ -1,6 +1,6 @@
 """JSON error responses with request ids.
 
-LangServe 0.3 answers errors in several shapes: FastAPI's default 422 body, plain-text 500s
+LangServe 0.3 returns errors in several shapes: FastAPI's default 422 body, plain-text 500s
 and `{"detail": ...}`. Every error here has one shape,
 `{"error": {"type", "message", "request_id", "details"}}`, where `message` names the field
 and says how to fix it.
@@ -98,7 +98,7 @@ KNOWN_ERRORS: tuple[type[Exception], ...] = (
 
 @dataclass(frozen=True)
 class ErrorInfo:
-    """How an exception is answered: HTTP status, error type, client message, headers."""
+    """The response to an exception: HTTP status, error type, client message, headers."""
 
     status_code: int
     error_type: str

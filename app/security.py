@@ -39,7 +39,7 @@ class APIKeyMiddleware:
             await self.app(scope, receive, send)
             return
         if scope["method"] == "OPTIONS":
-            # A CORS preflight carries no credentials; the CORS middleware answers it.
+            # A CORS preflight carries no credentials, and the CORS middleware responds to it.
             await self.app(scope, receive, send)
             return
 

@@ -83,7 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         loading: asyncio.Future[None] | None = None
         if runtime is not None:
-            # Load in a thread, so /health answers and /ready says 503 while it runs.
+            # Load in a thread, so /health responds and /ready returns 503 while it runs.
             loading = asyncio.ensure_future(
                 asyncio.to_thread(load_local_runtime, runtime, settings)
             )

@@ -46,7 +46,7 @@ class Settings(BaseSettings):
         "else `local`.",
     )
     prompts_dir: Path = Field(
-        default=PROJECT_ROOT / "prompts", description="Folder that holds the task prompt files."
+        default=PROJECT_ROOT / "prompts", description="Folder that contains the task prompt files."
     )
     cache_dir: Path = Field(
         default_factory=_default_cache_dir,

@@ -1,4 +1,4 @@
-"""Translation between any two languages the model knows; at least Chinese and English."""
+"""Translation between any two languages the model supports; at least Chinese and English."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ class EngineError(RuntimeError):
 
 
 class QueueFullError(EngineError):
-    """The engine's queue holds `max_queue_size` requests already."""
+    """The engine's queue already contains `max_queue_size` requests."""
 
 
 class GenerationCancelled(EngineError):
@@ -93,7 +93,7 @@ class _Request:
 
 
 class RequestHandle:
-    """What a caller keeps of a submitted request: its id, and a way to cancel it."""
+    """A caller's reference to a submitted request: its id, and a way to cancel it."""
 
     def __init__(self, request: _Request, engine: Engine) -> None:
         self._request = request
