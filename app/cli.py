@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 import uvicorn
 from pythonjsonlogger.json import JsonFormatter
+from transformers.utils import logging as transformers_logging
 
 from app.evaluation import register as register_evaluation
 from app.observability import RequestIdFilter
@@ -85,6 +86,9 @@ def configure_logging(settings: Settings) -> None:
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
         )
+
+    # transformers draws progress bars on stderr, which would break JSON lines.
+    transformers_logging.disable_progress_bar()
 
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -171,10 +171,13 @@ class RequestGuard:
         async def guarded_send(message: Message) -> None:
             nonlocal held_error
             if message["type"] == "http.response.body":
-                if b"event: error" in message.get("body", b""):
+                chunk = message.get("body", b"")
+                # sse-starlette sends one event per message, so this is an event's name line.
+                if chunk.startswith(b"event: error\r\n"):
                     held_error = True
                 if held_error:
                     return  # Replaced by the full error event below.
+                message = {**message, "body": _escape_line_separators(chunk)}
             await send(message)
 
         try:
@@ -242,12 +245,29 @@ class RequestGuard:
     def _check(self, chain: str, endpoint: str, raw: bytes) -> None:
         try:
             body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        except RecursionError:
+            raise RequestRejected(
+                422, "validation_error", "the body is nested too deeply to be read"
+            ) from None
+        except ValueError as error:  # also JSONDecodeError, UnicodeDecodeError, huge integers
             raise RequestRejected(
                 422, "validation_error", f"the body is not valid JSON: {error}"
             ) from None
         if not isinstance(body, dict):
             raise RequestRejected(422, "validation_error", "the body must be a JSON object")
+
+        surrogate_at = _find_lone_surrogate(body)
+        if surrogate_at is not None:
+            raise RequestRejected(
+                422,
+                "validation_error",
+                f"{surrogate_at}: contains an unpaired UTF-16 surrogate escape, which is not "
+                "text; send valid Unicode",
+            )
+        if "config" in body and body["config"] is None:
+            raise RequestRejected(
+                422, "validation_error", "config: must be an object; omit it or send {}"
+            )
 
         if endpoint == "batch":
             self._check_batch(chain, body)
@@ -313,14 +333,16 @@ class RequestGuard:
             prefixed = "; ".join(f"{location}.{part}" for part in message.split("; "))
             raise RequestRejected(422, "validation_error", prefixed, details) from None
 
-        for field, text in value.items():
-            if isinstance(text, str) and len(text) > self.max_text_chars:
-                raise RequestRejected(
-                    422,
-                    "validation_error",
-                    f"{location}.{field}: {len(text)} characters is more than the limit of "
-                    f"{self.max_text_chars} (CHAINSERVE_MAX_TEXT_CHARS); shorten the text",
-                )
+        for field, field_value in value.items():
+            texts = field_value if isinstance(field_value, list) else [field_value]
+            for text in texts:
+                if isinstance(text, str) and len(text) > self.max_text_chars:
+                    raise RequestRejected(
+                        422,
+                        "validation_error",
+                        f"{location}.{field}: {len(text)} characters is more than the limit "
+                        f"of {self.max_text_chars} (CHAINSERVE_MAX_TEXT_CHARS); shorten the text",
+                    )
 
     def _check_config(self, config: Any, location: str) -> None:
         if config is None:
@@ -364,10 +386,47 @@ def _decode_config_hash(config_hash: str) -> Any:
     try:
         decoded = LZString.decompressFromEncodedURIComponent(config_hash)
         return json.loads(decoded) if decoded else None
-    except (ValueError, TypeError, KeyError, IndexError):
+    except Exception:  # noqa: BLE001 - LZString raises assorted errors on bad input
         raise RequestRejected(
             422, "validation_error", "the config hash in the path is not valid"
         ) from None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+# httpx (0.29) splits server-sent events with str.splitlines, which also breaks lines at
+# these characters, so RemoteRunnable.stream fails on them. In our events they occur only
+# inside JSON strings, where an escape means the same.
+_LINE_SEPARATORS = (
+    ("\u2028".encode(), b"\\u2028"),
+    ("\u2029".encode(), b"\\u2029"),
+    ("\u0085".encode(), b"\\u0085"),
+)
+
+
+def _escape_line_separators(chunk: bytes) -> bytes:
+    for raw, escaped in _LINE_SEPARATORS:
+        chunk = chunk.replace(raw, escaped)
+    return chunk
+
+
+def _find_lone_surrogate(value: Any) -> str | None:
+    """Return the location of the first string or key with an unpaired surrogate, if any."""
+    pending: list[tuple[str, Any]] = [("", value)]
+    while pending:
+        location, item = pending.pop()
+        prefix = f"{location}." if location else ""
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return location or "body"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if _SURROGATE.search(key):
+                    return location or "body"
+                pending.append((f"{prefix}{key}", child))
+        elif isinstance(item, list):
+            pending.extend((f"{prefix}{index}", child) for index, child in enumerate(item))
+    return None
 
 
 def _unwrap(error: BaseException) -> BaseException:

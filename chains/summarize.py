@@ -53,9 +53,10 @@ def build_summarize_chain(model: ChatModel, prompts_dir: Path | None = None) -> 
 
     def prepare(data: Any) -> dict[str, Any]:
         request = SummarizeInput.model_validate(data)
-        language = (
-            language_name(request.language) if request.language else detect_language(request.text)
-        )
+        if request.language and request.language.strip():
+            language = language_name(request.language)
+        else:
+            language = detect_language(request.text)
 
         length = ""
         if request.max_words:
