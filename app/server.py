@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
+import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
@@ -77,9 +79,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # sse-starlette 1.8 keeps one process-wide exit event, bound to the event loop that
-        # first streamed; a second server in the same process (tests, reloads) would fail
-        # every stream with "bound to a different event loop" unless it is reset.
-        AppStatus.should_exit_event = None
+        # first streamed. Every stream of a second server in the same process (tests,
+        # reloads) would fail with "bound to a different event loop" without this.
+        if not isinstance(AppStatus.should_exit_event, PerLoopExitEvent):
+            AppStatus.should_exit_event = PerLoopExitEvent()  # type: ignore[assignment]
 
         loading: asyncio.Future[None] | None = None
         if runtime is not None:
@@ -158,6 +161,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+class PerLoopExitEvent:
+    """Stand-in for sse-starlette's exit event that keeps one anyio Event per event loop."""
+
+    def __init__(self) -> None:
+        self._events: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.Event] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _event(self) -> anyio.Event:
+        loop = asyncio.get_running_loop()
+        event = self._events.get(loop)
+        if event is None:
+            event = anyio.Event()
+            self._events[loop] = event
+        return event
+
+    async def wait(self) -> None:
+        await self._event().wait()
+
+    def set(self) -> None:
+        """Set the event of the running loop; uvicorn calls this on shutdown from its loop."""
+        try:
+            self._event().set()
+        except RuntimeError:
+            for event in list(self._events.values()):
+                event.set()
 
 
 def _install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
