@@ -3,7 +3,8 @@
 A client sends its key as `Authorization: Bearer KEY` or `X-API-Key: KEY`. A browser cannot
 add headers to the playground's own requests, so opening a playground page with
 `?api_key=KEY` sets the key in an HttpOnly, same-site cookie that the page's later requests
-carry. Keys are compared in constant time and never logged.
+carry, and redirects to the page without the query. Keys are compared in constant time and
+never logged.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from http.cookies import SimpleCookie
 from urllib.parse import parse_qs
 
 from starlette.requests import Request
+from starlette.responses import RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import error_response
@@ -60,9 +62,14 @@ class APIKeyMiddleware:
             return
 
         if from_query:
-            await self.app(scope, receive, _with_cookie(send, key))
-        else:
-            await self.app(scope, receive, send)
+            # Redirect to the same page without the query: the key leaves the address bar,
+            # and the playground derives its API address from the page's URL, which a query
+            # string would break.
+            redirect = RedirectResponse(request.url.path, status_code=303)
+            await redirect(scope, receive, _with_cookie(send, key))
+            return
+
+        await self.app(scope, receive, send)
 
     def _key_of(self, request: Request) -> tuple[str | None, bool]:
         authorization = request.headers.get("authorization", "")

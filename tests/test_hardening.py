@@ -898,8 +898,9 @@ def test_public_probes_open_without_key(public_probes_server: LiveServer) -> Non
 
 def test_playground_query_key_sets_cookie(keyed_server: LiveServer) -> None:
     with httpx.Client(base_url=keyed_server.url, timeout=30) as client:
-        page = client.get("/summarize/playground/", params={"api_key": API_KEY_1})
-        cookie = page.headers.get("set-cookie", "")
+        redirect = client.get("/summarize/playground/", params={"api_key": API_KEY_1})
+        cookie = redirect.headers.get("set-cookie", "")
+        page = client.get(redirect.headers["location"])
         asset_paths = re.findall(r'(?:src|href)="(/summarize/playground/[^"]+)"', page.text)
         assets = [client.get(path) for path in asset_paths]
         with client.stream(
@@ -909,6 +910,8 @@ def test_playground_query_key_sets_cookie(keyed_server: LiveServer) -> None:
             events = parse_sse(response.read().decode("utf-8"))
         invoke = client.post("/summarize/invoke", json={"input": VALID_INPUTS["summarize"]})
 
+    assert redirect.status_code == 303
+    assert redirect.headers["location"] == "/summarize/playground/"
     assert page.status_code == 200
     assert cookie.startswith("chainserve_api_key=")
     assert "HttpOnly" in cookie

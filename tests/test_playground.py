@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.conftest import TINY_REPLY, LiveServer
+from app.settings import Settings
+from tests.conftest import TINY_REPLY, LiveServer, running_server
 from tests.sse import join_chunks
 
 try:
     from playwright.sync_api import sync_playwright
-except ImportError:  # Playwright is not in the test extra, so the tests skip without it.
+except ImportError:  # Without Playwright the tests skip, or fail under CI.
     sync_playwright = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
@@ -135,7 +136,9 @@ def wait_until(
         page.wait_for_timeout(100)
 
 
-def run_playground(page: Page, url: str, chain: str, inputs: dict[str, str]) -> str:
+def run_playground(
+    page: Page, url: str, chain: str, inputs: dict[str, str], query: str = ""
+) -> str:
     """Fill the playground form of `chain` at `url`, press Start and return the output text.
 
     The text is read from the output box after the stream ends. Raises AssertionError when the
@@ -154,7 +157,7 @@ def run_playground(page: Page, url: str, chain: str, inputs: dict[str, str]) -> 
     page.on("console", on_console)
     page.on("pageerror", on_page_error)
     try:
-        page.goto(f"{url}/{chain}/playground/")
+        page.goto(f"{url}/{chain}/playground/{query}")
 
         # JSONForms gives each control the id `#/properties/<field>-input`.
         fields = {name: page.locator(f'[id="#/properties/{name}-input"]') for name in inputs}
@@ -231,3 +234,32 @@ def test_playground_streams_reply(
         assert output[TEXT_FIELD[chain]] == TINY_REPLY
     if chain == "qa":
         assert output["answerable"] is True
+
+
+def test_playground_with_api_key(
+    playwright_driver: Playwright,
+    tmp_path: Path,
+    tiny_settings_factory: Callable[..., Settings],
+    artifacts_dir: Path,
+) -> None:
+    settings = tiny_settings_factory(api_keys=["browser-key"], public_ready=True)
+    context = launch_chromium(playwright_driver, tmp_path / "profile")
+    page = context.new_page()
+
+    try:
+        with running_server(settings) as server:
+            rejected = context.request.get(f"{server.url}/translate/playground/")
+            assert rejected.status == 401
+
+            text = run_playground(
+                page,
+                server.url,
+                "translate",
+                PLAYGROUND_INPUTS["translate"],
+                query="?api_key=browser-key",
+            )
+            page.screenshot(path=artifacts_dir / "playground-api-key.png", full_page=True)
+    finally:
+        context.close()
+
+    assert join_chunks(parse_output_chunks(text))["translation"] == TINY_REPLY
