@@ -167,6 +167,7 @@ class Engine:
         self.max_queue_size = max_queue_size
 
         self._pending: list[_Request] = []
+        self._free_since = time.monotonic()
         self._condition = threading.Condition()
         self._closed = False
         self.active_rows = 0
@@ -272,8 +273,11 @@ class Engine:
             if self._closed:
                 return None
 
-            # Give requests that arrive close together the chance to share the batch.
-            deadline = self._pending[0].enqueued_at + self.batch_wait_s
+            # Give requests that arrive close together the chance to share the batch. The wait
+            # counts from when the worker became free, not only from the oldest arrival, so
+            # clients whose replies the last batch just sent can join the next one.
+            started_waiting = max(self._pending[0].enqueued_at, self._free_since)
+            deadline = started_waiting + self.batch_wait_s
             while len(self._pending) < self.max_batch_size and not self._closed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -305,6 +309,9 @@ class Engine:
                 logger.exception("batch of %d requests failed", len(batch))
                 for request in batch:
                     request.sink(GenerationEvent(done=True, error=error))
+            finally:
+                with self._condition:
+                    self._free_since = time.monotonic()
 
     def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         encoded = self.tokenizer(
