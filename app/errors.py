@@ -3,7 +3,7 @@
 LangServe 0.3 returns errors in several shapes: FastAPI's default 422 body, plain-text 500s
 and `{"detail": ...}`. Every error here has one shape,
 `{"error": {"type", "message", "request_id", "details"}}`, where `message` names the field
-and says how to fix it.
+and how to fix it.
 """
 
 from __future__ import annotations
@@ -189,8 +189,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _known(request: Request, error: Exception) -> JSONResponse:
         return response_for_exception(request, error)
 
-    # Known errors are answered by the exception middleware. Any other exception reaches
-    # Starlette's server error middleware, which answers with the same handler and then
-    # re-raises it, so uvicorn logs the traceback.
+    # The exception middleware handles known errors. Any other exception reaches Starlette's
+    # server error middleware, which responds with the same handler and then re-raises it,
+    # so uvicorn logs the traceback.
     for error_class in (*KNOWN_ERRORS, Exception):
         app.add_exception_handler(error_class, _known)

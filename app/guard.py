@@ -190,7 +190,7 @@ class RequestGuard:
         if held_error:
             error = (tracker.error if tracker else None) or raised_error
             if isinstance(error, asyncio.CancelledError):
-                return  # The client disconnected, so nobody is left to tell.
+                return  # The client disconnected, so no error event can reach it.
             await self._send_stream_error(scope, send, error or RuntimeError("the stream failed"))
 
     async def _send_stream_error(self, scope: Scope, send: Send, error: BaseException) -> None:

@@ -230,7 +230,7 @@ def test_health_answers_while_generating(long_server: LiveServer) -> None:
 
 
 async def test_full_queue_gets_503(long_server: LiveServer) -> None:
-    # The queue holds 2 and a batch takes 2, so of 8 long requests at least 4 are rejected.
+    # The queue takes 2 and a batch takes 2, so of 8 long requests at least 4 are rejected.
     async with httpx.AsyncClient(base_url=long_server.url, timeout=5.0) as client:
 
         async def post() -> httpx.Response | None:

@@ -156,7 +156,7 @@ def test_index_lists_both_backends(both_backends_server: LiveServer) -> None:
     assert index["default_backend"] == "openai"
 
 
-# Upstream faults: the server stays up, answers clearly, and the next request works.
+# Upstream faults: the server stays up, returns a clear error, and the next request works.
 
 
 @pytest.mark.parametrize(

@@ -86,7 +86,7 @@ def test_sync_stream_yields_tokens(tiny_server: LiveServer, chain: str) -> None:
     text = "".join(chunk.get(TEXT_FIELD[chain], "") for chunk in chunks)
 
     assert text == TINY_REPLY
-    if chain != "qa":  # qa holds an extractive answer back until it is checked.
+    if chain != "qa":  # qa keeps an extractive answer back until it is checked.
         assert len([c for c in chunks if c.get(TEXT_FIELD[chain])]) >= 3
 
 
@@ -121,7 +121,7 @@ def test_httpx_sse_stream_equals_invoke(tiny_server: LiveServer, chain: str) -> 
 
     assert events[0][0] == "metadata"
     assert events[-1][0] == "end"
-    # qa holds an extractive answer back until it is checked, then sends `answerable`.
+    # qa keeps an extractive answer back until it is checked, then sends `answerable`.
     assert len(data) >= (2 if chain == "qa" else 3)
     assert join_chunks(data) == invoked
     assert join_chunks(data)[TEXT_FIELD[chain]].encode("utf-8") == TINY_REPLY.encode("utf-8")

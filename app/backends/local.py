@@ -119,9 +119,7 @@ class LocalChatModel(BaseChatModel):
 
     def render(self, messages: Sequence[BaseMessage], engine: Engine) -> str:
         """Render messages through the chat template, or as a completion prompt."""
-        template = getattr(engine.tokenizer, "chat_template", None)
-        use_chat = self.prompt_format == "chat" or (self.prompt_format == "auto" and template)
-        if not use_chat:
+        if self._is_completion(engine):
             return render_completion(messages)
 
         roles = {"human": "user", "ai": "assistant", "system": "system"}
@@ -249,7 +247,7 @@ class LocalChatModel(BaseChatModel):
             try:
                 loop.call_soon_threadsafe(events.put_nowait, event)
             except RuntimeError:
-                pass  # The event loop is closed, so nobody is waiting for this event.
+                pass  # The event loop is closed, so no caller is waiting for this event.
 
         if self.runtime.is_loaded:
             handle, candidates = self._submit(messages, stop, sink, kwargs, run_manager)
