@@ -29,7 +29,14 @@ except ImportError:  # Without Playwright the tests skip, or fail under CI.
     sync_playwright = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
-    from playwright.sync_api import BrowserContext, ConsoleMessage, Error, Page, Playwright
+    from playwright.sync_api import (
+        BrowserContext,
+        ConsoleMessage,
+        Error,
+        Locator,
+        Page,
+        Playwright,
+    )
 
 CHROMIUM_PATH = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -46,6 +53,9 @@ CHROMIUM_ARGS = [
 ACTION_TIMEOUT_MS = 15_000
 PAGE_LOAD_TIMEOUT_S = 15.0
 STREAM_TIMEOUT_S = 30.0
+# How long a filled field must keep its value: well past JSONForms' 10 ms change debounce and
+# the render that follows it.
+FORM_SETTLE_MS = 200
 
 PLAYGROUND_INPUTS: dict[str, dict[str, str]] = {
     # The labels list keeps its default, because the playground's list control needs a click
@@ -136,6 +146,34 @@ def wait_until(
         page.wait_for_timeout(100)
 
 
+def fill_until_kept(
+    page: Page, field: Locator, value: str, errors: list[str], field_name: str
+) -> None:
+    """Fill `field` with `value`, filling again until the form keeps the value.
+
+    JSONForms reports a change to the playground 10 ms after it happens, and the playground
+    feeds that data back into the form. So a fill that lands between the report and the next
+    render is overwritten with the older data, which Playwright can do when it fills two fields
+    in a row.
+    """
+    deadline = time.monotonic() + PAGE_LOAD_TIMEOUT_S
+    while True:
+        if field.input_value() != value:
+            field.fill(value)
+        page.wait_for_timeout(FORM_SETTLE_MS)
+        if field.input_value() == value:
+            return
+
+        if errors:
+            message = f"browser errors while filling the field {field_name}:\n" + "\n".join(errors)
+            raise AssertionError(message)
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"the form did not keep the value of the field {field_name} "
+                f"within {PAGE_LOAD_TIMEOUT_S} s"
+            )
+
+
 def run_playground(
     page: Page, url: str, chain: str, inputs: dict[str, str], query: str = ""
 ) -> str:
@@ -165,8 +203,7 @@ def run_playground(
         wait_until(page, first_field.is_visible, errors, "the input form", PAGE_LOAD_TIMEOUT_S)
 
         for name, value in inputs.items():
-            fields[name].fill(value)
-            assert fields[name].input_value() == value
+            fill_until_kept(page, fields[name], value, errors, name)
 
         # While the stream runs, the button's accessible name is "Loading... Stop".
         start = page.get_by_role("button", name="Start", exact=True)
