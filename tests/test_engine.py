@@ -15,9 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from langchain_core.messages import HumanMessage
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from app.backends import build_local_model, load_local_runtime
+from app.backends.engine import softmax
 from app.backends.local import LocalChatModel, LocalRuntime
 from app.settings import Settings
 from chains.prompts import DEFAULT_PROMPTS_DIR
@@ -145,6 +147,54 @@ async def test_usage_metadata_counts_tokens(batched_model: LocalChatModel) -> No
     assert message.usage_metadata is not None
     assert message.usage_metadata["output_tokens"] == 5
     assert message.usage_metadata["input_tokens"] > 0
+
+
+LABEL_SETS = [
+    ["positive", "negative", "neutral"],
+    ["体育", "科技新闻", "国际政治"],
+    ["yes", "no"],
+    ["sports news today", "science", "财经"],
+]
+
+
+def lone_log_prob(model: LocalChatModel, prompt: str, candidate: str) -> float:
+    """Return the log-probability of `candidate` after `prompt`, from one unbatched pass.
+
+    The candidate's tokens are those of prompt + candidate after the prefix that it shares
+    with the tokens of the prompt alone.
+    """
+    engine = model.runtime.engine
+    assert engine is not None
+    prompt_ids = engine.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    full_ids = engine.tokenizer(prompt + candidate, add_special_tokens=False)["input_ids"]
+    start = 0
+    while start < len(prompt_ids) and prompt_ids[start] == full_ids[start]:
+        start += 1
+
+    with torch.inference_mode():
+        logits = engine.model(torch.tensor([full_ids])).logits[0].float()
+    log_probs = torch.log_softmax(logits, dim=-1)
+    return sum(float(log_probs[i - 1, full_ids[i]]) for i in range(start, len(full_ids)))
+
+
+async def test_label_scores_match_lone_passes(batched_model: LocalChatModel) -> None:
+    engine = batched_model.runtime.engine
+    assert engine is not None
+    requests = list(zip(PROMPTS[:4], LABEL_SETS, strict=True))
+    batches_before = engine.batches_run
+
+    replies = await asyncio.gather(
+        *(batched_model.ainvoke(text, label_candidates=labels) for text, labels in requests)
+    )
+
+    assert engine.batches_run - batches_before < len(requests)  # some requests shared a batch
+    for (text, labels), reply in zip(requests, replies, strict=True):
+        prompt = batched_model.render([HumanMessage(text)], engine)
+        expected = softmax([lone_log_prob(batched_model, prompt, " " + label) for label in labels])
+        scores = reply.response_metadata["label_scores"]
+        assert list(scores) == labels
+        assert list(scores.values()) == pytest.approx(expected, abs=1e-4)
+        assert reply.content == labels[expected.index(max(expected))]
 
 
 # Server-level behaviour, checked through /metrics counters rather than timings.

@@ -3,8 +3,9 @@
 Generation requests from all clients go into one bounded queue. A single worker thread takes
 the requests that arrived within `batch_wait_ms` of the first one (at most `max_batch_size`),
 left-pads them into one `model.generate` call and routes each row's tokens back to its own
-request as they are produced. Label-scoring requests are grouped the same way into one forward
-pass over every candidate of every waiting request.
+request as they are produced. Label-scoring requests are grouped the same way: one forward pass
+over the waiting prompts scores every candidate's first token, and one more pass over copies of
+the prompts' cache scores the later tokens of longer candidates (`score_plans`).
 
 We wrote this ourselves because no maintained library fits a CPU-first, in-process server:
 transformers' continuous batching (`generate_batch`, paged attention) runs on CPU but was about
@@ -118,6 +119,16 @@ class _Row:
     sent_chars: int = 0
     finished: bool = False
     finish_reason: str | None = None
+
+
+@dataclass
+class ScorePlan:
+    """The token layout of one scoring request: a shared context and one tail per candidate."""
+
+    context: list[int]
+    tails: list[list[int]]
+    first_scored: list[int]  # per tail, the index of its first scored token
+    prompt_tokens: int
 
 
 class _RowController(StoppingCriteria):
@@ -435,61 +446,25 @@ class Engine:
         )
 
     def _run_scores(self, batch: list[_Request]) -> None:
-        """Score every candidate of every request in one forward pass."""
-        # NOTE: each candidate is its own sequence, so the prompt is prefilled once per label.
-        # When every label is one token, one pass over the prompt would score them all; the
-        # benchmark puts classify at 0.5 of raw generate at 8 clients because of this.
-        texts: list[str] = []
-        spans: list[tuple[int, int]] = []  # per sequence: (prompt tokens, total tokens)
-        owners: list[int] = []
-        prompt_lengths: list[int] = []
+        """Score every candidate of every request, computing each prompt only once.
 
-        for index, request in enumerate(batch):
-            prompt_ids = self.tokenizer(request.prompt, add_special_tokens=False)["input_ids"]
-            prompt_lengths.append(len(prompt_ids))
-            for candidate in request.candidates:
-                full_ids = self.tokenizer(request.prompt + candidate, add_special_tokens=False)[
-                    "input_ids"
-                ]
-                shared = _common_prefix_length(prompt_ids, full_ids)
-                # At least one prompt token must stay as context for the first label token.
-                shared = max(1, min(shared, len(full_ids) - 1))
-                texts.append(request.prompt + candidate)
-                spans.append((shared, len(full_ids)))
-                owners.append(index)
-
-        encoded = self._encode(texts)
-        # Left padding shifts every row, so positions must count only real tokens, as
-        # `generate` does; otherwise a row's scores depend on its batch neighbours.
-        position_ids = (encoded["attention_mask"].cumsum(dim=1) - 1).clamp(min=0)
-        # Candidate tokens sit at the end of every left-padded row, so only the last
-        # `keep` positions need logits. Full logits would take sequences x length x
-        # vocabulary floats: gigabytes for Gemma's 262k vocabulary.
-        keep = max(length - shared for shared, length in spans) + 1
+        One forward pass over the left-padded prompts keeps their key/value cache, and the
+        logits at each prompt's last token score every candidate's first token. Candidates of
+        more than one token then run as one batch of continuations over copies of their
+        prompt's cache. So a request costs one prompt plus its label tokens, not one prompt per
+        label.
+        """
+        plans = [plan_scores(self.tokenizer, r.prompt, r.candidates) for r in batch]
         with self._condition:
             self.active_rows += len(batch)
             self.batches_run += 1
         try:
-            with torch.inference_mode():
-                output = self.model(**encoded, position_ids=position_ids, logits_to_keep=keep)
-                log_probs = torch.log_softmax(output.logits.float(), dim=-1)
+            totals = score_plans(self.model, self.tokenizer, plans)
         finally:
             with self._condition:
                 self.active_rows -= len(batch)
 
-        input_ids = encoded["input_ids"]
-        first_kept = input_ids.shape[1] - keep  # position of log_probs[:, 0]
-        totals: list[list[float]] = [[] for _ in batch]
-
-        for sequence, (shared, length) in enumerate(spans):
-            offset = input_ids.shape[1] - length  # left padding
-            total = 0.0
-            for position in range(offset + shared, offset + length):
-                token = int(input_ids[sequence, position])
-                total += float(log_probs[sequence, position - 1 - first_kept, token])
-            totals[owners[sequence]].append(total)
-
-        for request, values, prompt_length in zip(batch, totals, prompt_lengths, strict=True):
+        for request, plan, values in zip(batch, plans, totals, strict=True):
             if request.cancelled.is_set():
                 request.sink(GenerationEvent(done=True, error=GenerationCancelled("cancelled")))
                 continue
@@ -498,10 +473,132 @@ class Engine:
                     done=True,
                     scores=values,
                     finish_reason="stop",
-                    input_tokens=prompt_length,
+                    input_tokens=plan.prompt_tokens,
                     output_tokens=0,
                 )
             )
+
+
+def plan_scores(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, candidates: Sequence[str]
+) -> ScorePlan:
+    """Split the tokens of prompt + candidate into a shared context and per-candidate tails.
+
+    A candidate can merge with the end of the prompt into other tokens, so the context is
+    the longest token prefix that every candidate shares with the prompt. A candidate's
+    tail may then start with prompt tokens, which are computed but not scored.
+    """
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    full_ids: list[list[int]] = []
+    scored_from: list[int] = []
+    for candidate in candidates:
+        ids = tokenizer(prompt + candidate, add_special_tokens=False)["input_ids"]
+        shared = _common_prefix_length(prompt_ids, ids)
+        # At least one prompt token must stay as context for the first candidate token, and
+        # at least one token of the candidate must be scored.
+        full_ids.append(ids)
+        scored_from.append(max(1, min(shared, len(ids) - 1)))
+
+    context_length = min(scored_from)
+    return ScorePlan(
+        context=prompt_ids[:context_length],
+        tails=[ids[context_length:] for ids in full_ids],
+        first_scored=[start - context_length for start in scored_from],
+        prompt_tokens=len(prompt_ids),
+    )
+
+
+@torch.inference_mode()
+def score_plans(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, plans: Sequence[ScorePlan]
+) -> list[list[float]]:
+    """Return, per plan, the total log-probability of each candidate's scored tokens."""
+    pad_id = tokenizer.pad_token_id or 0
+    width = max(len(plan.context) for plan in plans)
+    input_ids = torch.full((len(plans), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(plans), width), dtype=torch.long)
+    for row, plan in enumerate(plans):
+        input_ids[row, width - len(plan.context) :] = torch.tensor(plan.context)
+        attention_mask[row, width - len(plan.context) :] = 1
+    input_ids = input_ids.to(model.device)
+    attention_mask = attention_mask.to(model.device)
+
+    # Left padding shifts every row, so positions must count only real tokens, as
+    # `generate` does. Otherwise a row's scores would depend on its batch neighbours.
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    output = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    next_log_probs = torch.log_softmax(output.logits[:, -1].float(), dim=-1)
+
+    totals = [[0.0] * len(plan.tails) for plan in plans]
+    # (plan index, candidate index) of every tail longer than one token
+    continued: list[tuple[int, int]] = []
+    for row, plan in enumerate(plans):
+        for candidate, tail in enumerate(plan.tails):
+            if plan.first_scored[candidate] == 0:
+                totals[row][candidate] += float(next_log_probs[row, tail[0]])
+            if len(tail) > 1:
+                continued.append((row, candidate))
+    if continued:
+        _score_continuations(
+            model, tokenizer, plans, continued, totals, output.cache, attention_mask
+        )
+    return totals
+
+
+def _score_continuations(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    plans: Sequence[ScorePlan],
+    continued: list[tuple[int, int]],
+    totals: list[list[float]],
+    cache: Any,
+    context_mask: torch.Tensor,
+) -> None:
+    """Add the scores of the tail tokens after the first, in one pass over the prompt cache.
+
+    Each continued tail becomes a right-padded row that feeds its tokens except the last
+    over a copy of its prompt's cache. The padding sits after the real tokens, so under the
+    causal mask it does not change their logits.
+    """
+    pad_id = tokenizer.pad_token_id or 0
+    owners = [row for row, _ in continued]
+    inputs = [plans[row].tails[candidate][:-1] for row, candidate in continued]
+    width = max(len(tokens) for tokens in inputs)
+    input_ids = torch.full((len(inputs), width), pad_id, dtype=torch.long)
+    tail_mask = torch.zeros((len(inputs), width), dtype=torch.long)
+    for index, tokens in enumerate(inputs):
+        input_ids[index, : len(tokens)] = torch.tensor(tokens)
+        tail_mask[index, : len(tokens)] = 1
+
+    owner_index = torch.tensor(owners, device=model.device)
+    cache.reorder_cache(owner_index)
+    attention_mask = torch.cat([context_mask[owner_index], tail_mask.to(model.device)], dim=1)
+    context_lengths = context_mask.sum(dim=1)[owner_index]
+    position_ids = context_lengths[:, None] + torch.arange(width, device=model.device)
+    output = model(
+        input_ids=input_ids.to(model.device),
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        cache=cache,
+        use_cache=False,
+    )
+
+    # One position at a time, so the float copy of the logits covers one token per row,
+    # not the whole tail: Gemma's vocabulary has 262k entries.
+    for position in range(width):
+        logits = output.logits[:, position].float()
+        log_probs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+        for index, (row, candidate) in enumerate(continued):
+            tail = plans[row].tails[candidate]
+            scored = position + 1
+            if scored < len(tail) and scored >= plans[row].first_scored[candidate]:
+                totals[row][candidate] += float(log_probs[index, tail[scored]])
 
 
 def _held_back_suffix(text: str, stops: Sequence[str]) -> int:
