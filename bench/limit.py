@@ -6,8 +6,8 @@ batch. The model and tokenizer come from chainserve's own loader, so padding sid
 and end-of-sequence ids equal the engine's.
 
 For classify the limit generates `classify_tokens` tokens, as the baseline does.
-`score_labels` is a second, diagnostic limit for classify: the label scoring that chainserve
-does, as one forward pass per batch that computes logits only at the label positions.
+`score_labels` is a second, diagnostic limit for classify: chainserve's own label scoring
+(`app.backends.engine.score_plans`) called directly on each batch, with no queue and no HTTP.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any, cast
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from app.backends.engine import plan_scores, score_plans
 from app.backends.loading import load_model
 from app.settings import Settings
 from bench.load import PhaseResult, RequestRecord
@@ -107,7 +108,7 @@ class RawGenerateLimit:
         return result
 
     def score_labels(self, workload: Workload, concurrency: int, total: int) -> PhaseResult:
-        """Pick each request's label by log-probability, one forward pass per batch."""
+        """Pick each request's label with chainserve's label scoring, one call per batch."""
         prompts = self.render(workload, total)
         labels = list(DEFAULT_LABELS)
         # chainserve puts a space before each label of a completion prompt, none after a
@@ -130,37 +131,6 @@ class RawGenerateLimit:
         return result
 
     def _score_batch(self, prompts: list[str], candidates: list[str]) -> list[int]:
-        texts: list[str] = []
-        label_lengths: list[int] = []
-        for prompt in prompts:
-            prompt_length = self.count_tokens(prompt)
-            for candidate in candidates:
-                full_length = self.count_tokens(prompt + candidate)
-                texts.append(prompt + candidate)
-                label_lengths.append(max(1, full_length - prompt_length))
-
-        encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        position_ids = (encoded["attention_mask"].cumsum(dim=1) - 1).clamp(min=0)
-        # Rows are left-padded, so every label ends at the last position, and the logits of
-        # the last `max label length + 1` positions cover every label token.
-        keep = max(label_lengths) + 1
-        with torch.inference_mode():
-            logits = self.model(
-                **encoded, position_ids=position_ids, logits_to_keep=keep
-            ).logits.float()
-        log_probs = torch.log_softmax(logits, dim=-1)
-        input_ids = encoded["input_ids"][:, -keep:]
-
-        totals = []
-        for row, length in enumerate(label_lengths):
-            positions = range(keep - length, keep)
-            totals.append(
-                sum(float(log_probs[row, p - 1, int(input_ids[row, p])]) for p in positions)
-            )
-
-        count = len(candidates)
-        chosen = []
-        for start in range(0, len(totals), count):
-            scores = totals[start : start + count]
-            chosen.append(scores.index(max(scores)))
-        return chosen
+        plans = [plan_scores(self.tokenizer, prompt, candidates) for prompt in prompts]
+        totals = score_plans(self.model, self.tokenizer, plans)
+        return [scores.index(max(scores)) for scores in totals]

@@ -13,7 +13,7 @@ from bench.load import PhaseResult
 
 SYSTEMS = ("baseline", "chainserve", "limit")
 SCORING_LIMIT = "limit_scoring"
-"""Diagnostic system for classify only: label scoring as one forward pass per batch."""
+"""Diagnostic system for classify only: chainserve's label scoring with no queue and no HTTP."""
 
 
 def _percentile(values: list[float], q: float) -> float | None:
