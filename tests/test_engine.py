@@ -19,7 +19,7 @@ from langchain_core.messages import HumanMessage
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from app.backends import build_local_model, load_local_runtime
-from app.backends.engine import softmax
+from app.backends.engine import PromptTooLongError, plan_scores, score_plans, softmax
 from app.backends.local import LocalChatModel, LocalRuntime
 from app.settings import Settings
 from chains.prompts import DEFAULT_PROMPTS_DIR
@@ -195,6 +195,51 @@ async def test_label_scores_match_lone_passes(batched_model: LocalChatModel) -> 
         assert list(scores) == labels
         assert list(scores.values()) == pytest.approx(expected, abs=1e-4)
         assert reply.content == labels[expected.index(max(expected))]
+
+
+async def test_context_limit_cuts_new_tokens(
+    tiny_settings_factory: Callable[..., Settings],
+    random_model_dir: Path,
+    batched_model: LocalChatModel,
+) -> None:
+    engine = batched_model.runtime.engine
+    assert engine is not None
+    prompt = batched_model.render([HumanMessage("Hello there")], engine)
+    prompt_tokens = len(engine.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    limited = make_model(
+        tiny_settings_factory,
+        random_model_dir,
+        prompt_format="completion",
+        max_context_tokens=prompt_tokens + 3,
+    )
+
+    try:
+        reply = await limited.ainvoke("Hello there", max_tokens=12)
+        with pytest.raises(PromptTooLongError):
+            await limited.ainvoke("Hello there, and some more words", max_tokens=12)
+    finally:
+        assert limited.runtime.engine is not None
+        limited.runtime.engine.close()
+
+    assert reply.usage_metadata is not None
+    assert reply.usage_metadata["input_tokens"] == prompt_tokens
+    assert reply.usage_metadata["output_tokens"] == 3
+
+
+def test_chunked_scoring_matches_one_pass(batched_model: LocalChatModel) -> None:
+    engine = batched_model.runtime.engine
+    assert engine is not None
+    plans = [
+        plan_scores(engine.tokenizer, text, [" " + label for label in labels])
+        for text, labels in zip(PROMPTS, LABEL_SETS, strict=False)
+    ]
+
+    whole = score_plans(engine.model, engine.tokenizer, plans)
+    # A budget of 1 byte runs every multi-token candidate in a chunk of its own.
+    chunked = score_plans(engine.model, engine.tokenizer, plans, cache_budget_bytes=1)
+
+    for whole_scores, chunked_scores in zip(whole, chunked, strict=True):
+        assert chunked_scores == pytest.approx(whole_scores, abs=1e-5)
 
 
 # Server-level behaviour, checked through /metrics counters rather than timings.

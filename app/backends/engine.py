@@ -21,6 +21,7 @@ its own token limit or cancellation. A finished row only costs padding until the
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import threading
@@ -35,6 +36,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCrite
 
 logger = logging.getLogger(__name__)
 
+SCORE_CACHE_BUDGET_BYTES = 512 * 1024 * 1024
+"""Default memory for the prompt cache copies of one label continuation pass (bytes)."""
+
 
 class EngineError(RuntimeError):
     """Base class of the errors that the engine reports to a request."""
@@ -42,6 +46,10 @@ class EngineError(RuntimeError):
 
 class QueueFullError(EngineError):
     """The engine's queue already contains `max_queue_size` requests."""
+
+
+class PromptTooLongError(EngineError):
+    """The prompt leaves no room for output in the engine's context token limit."""
 
 
 class GenerationCancelled(EngineError):
@@ -162,6 +170,7 @@ class Engine:
         max_batch_size: int = 8,
         batch_wait_ms: float = 10.0,
         max_queue_size: int = 64,
+        max_context_tokens: int | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -176,6 +185,9 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_ms / 1000.0
         self.max_queue_size = max_queue_size
+        # Positions past the model's context window give meaningless output at full cost.
+        context_window = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+        self.max_context_tokens = max_context_tokens or context_window
 
         self._pending: list[_Request] = []
         self._free_since = time.monotonic()
@@ -210,7 +222,14 @@ class Engine:
         stop: Sequence[str] = (),
         request_id: str | None = None,
     ) -> RequestHandle:
-        """Queue a text generation; `sink` receives text deltas, then one `done` event."""
+        """Queue a text generation; `sink` receives text deltas, then one `done` event.
+
+        Raises PromptTooLongError when the prompt reaches `max_context_tokens`, the limit of
+        prompt plus output. Otherwise `max_new_tokens` is cut to the room left after the prompt.
+        """
+        prompt_tokens = self._check_prompt_length(prompt, 0)
+        if self.max_context_tokens is not None:
+            max_new_tokens = min(max_new_tokens, self.max_context_tokens - prompt_tokens)
         request = _Request(
             kind="generate",
             prompt=prompt,
@@ -232,12 +251,30 @@ class Engine:
         """Queue a scoring of candidate continuations of `prompt`.
 
         `sink` receives one `done` event whose `scores` are the total log-probabilities of
-        the candidates' tokens, in candidate order.
+        the candidates' tokens, in candidate order. Raises PromptTooLongError when the prompt
+        and the longest candidate do not fit in `max_context_tokens`.
         """
         if not candidates:
             raise ValueError("submit_score needs at least one candidate")
+        longest = max(
+            len(self.tokenizer(c, add_special_tokens=False)["input_ids"]) for c in candidates
+        )
+        self._check_prompt_length(prompt, longest)
         request = _Request(kind="score", prompt=prompt, sink=sink, candidates=tuple(candidates))
         return self._enqueue(request, request_id)
+
+    def _check_prompt_length(self, prompt: str, extra_tokens: int) -> int:
+        """Return the prompt's token count; raise PromptTooLongError if it leaves no room."""
+        prompt_tokens = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        limit = self.max_context_tokens
+        if limit is not None and prompt_tokens + extra_tokens >= limit:
+            raise PromptTooLongError(
+                f"the prompt built from this input is {prompt_tokens + extra_tokens} tokens, "
+                f"and the local model takes fewer than {limit} "
+                "(CHAINSERVE_MAX_CONTEXT_TOKENS or the model's context window); "
+                "shorten the text, the instructions or the labels"
+            )
+        return prompt_tokens
 
     def _enqueue(self, request: _Request, request_id: str | None) -> RequestHandle:
         if request_id:
@@ -510,9 +547,15 @@ def plan_scores(
 
 @torch.inference_mode()
 def score_plans(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, plans: Sequence[ScorePlan]
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    plans: Sequence[ScorePlan],
+    cache_budget_bytes: float = SCORE_CACHE_BUDGET_BYTES,
 ) -> list[list[float]]:
-    """Return, per plan, the total log-probability of each candidate's scored tokens."""
+    """Return, per plan, the total log-probability of each candidate's scored tokens.
+
+    `cache_budget_bytes` bounds the prompt cache copies of one continuation pass.
+    """
     pad_id = tokenizer.pad_token_id or 0
     width = max(len(plan.context) for plan in plans)
     input_ids = torch.full((len(plans), width), pad_id, dtype=torch.long)
@@ -544,11 +587,32 @@ def score_plans(
                 totals[row][candidate] += float(next_log_probs[row, tail[0]])
             if len(tail) > 1:
                 continued.append((row, candidate))
-    if continued:
-        _score_continuations(
-            model, tokenizer, plans, continued, totals, output.cache, attention_mask
-        )
+    if not continued:
+        return totals
+
+    # Every continued tail needs its own copy of its prompt's cache, so long prompts with
+    # many multi-token labels run in chunks that keep those copies under a memory budget.
+    cache = output.cache
+    row_bytes = _cache_bytes(cache) / len(plans)
+    chunk_rows = max(1, int(cache_budget_bytes // max(row_bytes, 1.0)))
+    for start in range(0, len(continued), chunk_rows):
+        chunk = continued[start : start + chunk_rows]
+        is_last = start + chunk_rows >= len(continued)
+        # The continuation pass reorders and extends the cache in place, so every chunk but
+        # the last works on a copy.
+        chunk_cache = cache if is_last else copy.deepcopy(cache)
+        _score_continuations(model, tokenizer, plans, chunk, totals, chunk_cache, attention_mask)
     return totals
+
+
+def _cache_bytes(cache: Any) -> int:
+    """Return the memory taken by the key and value tensors of a transformers cache."""
+    total = 0
+    for layer in cache.layers:
+        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(tensor, torch.Tensor):
+                total += tensor.numel() * tensor.element_size()
+    return total
 
 
 def _score_continuations(
