@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.backends.engine import GenerationCancelled, QueueFullError
+from app.backends.engine import GenerationCancelled, PromptTooLongError, QueueFullError
 from app.backends.local import GenerationTimeout, ModelNotLoaded
 from app.observability import REQUEST_ID_HEADER
 
@@ -91,6 +91,7 @@ KNOWN_ERRORS: tuple[type[Exception], ...] = (
     ModelNotLoaded,
     GenerationTimeout,
     GenerationCancelled,
+    PromptTooLongError,
     openai.APIError,
     ValidationError,
 )
@@ -118,6 +119,8 @@ def describe_exception(error: BaseException) -> ErrorInfo:
         return ErrorInfo(503, "model_not_loaded", str(error), {"Retry-After": "5"})
     if isinstance(error, GenerationTimeout):
         return ErrorInfo(504, "timeout", str(error))
+    if isinstance(error, PromptTooLongError):
+        return ErrorInfo(422, "input_too_long", f"input: {error}")
     if isinstance(error, GenerationCancelled):
         # 499 is the status nginx uses for a request whose client closed the connection.
         return ErrorInfo(499, "cancelled", "the request was cancelled")

@@ -9,7 +9,7 @@ event with no reason and then drops the connection without the closing `end` eve
 This ASGI middleware, for each POST to a chain endpoint:
 
 - reads the body (up to `max_body_bytes`) and checks the JSON, the input against the
-  chain's input model, the text limits and the client `config`, answering any problem with
+  chain's input model, the text and label limits and the client `config`, answering any problem with
   a 4xx JSON error that names the field;
 - runs `/invoke` and `/batch` as a task that is cancelled when the client disconnects, so
   the model stops generating for it;
@@ -72,6 +72,7 @@ class RequestGuard:
         max_body_bytes: int,
         max_text_chars: int,
         max_batch_items: int,
+        max_labels: int = 100,
     ) -> None:
         self.app = app
         self.input_models = dict(input_models)
@@ -79,6 +80,7 @@ class RequestGuard:
         self.max_body_bytes = max_body_bytes
         self.max_text_chars = max_text_chars
         self.max_batch_items = max_batch_items
+        self.max_labels = max_labels
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -332,6 +334,15 @@ class RequestGuard:
                 detail["location"] = [*location.split("."), *detail["location"]]
             prefixed = "; ".join(f"{location}.{part}" for part in message.split("; "))
             raise RequestRejected(422, "validation_error", prefixed, details) from None
+
+        labels = value.get("labels")
+        if isinstance(labels, list) and len(labels) > self.max_labels:
+            raise RequestRejected(
+                422,
+                "validation_error",
+                f"{location}.labels: {len(labels)} labels is more than the limit of "
+                f"{self.max_labels} (CHAINSERVE_MAX_LABELS); send fewer labels",
+            )
 
         for field, field_value in value.items():
             texts = field_value if isinstance(field_value, list) else [field_value]

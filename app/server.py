@@ -200,6 +200,7 @@ def _install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> N
         max_body_bytes=settings.max_body_bytes,
         max_text_chars=settings.max_text_chars,
         max_batch_items=settings.max_batch_items,
+        max_labels=settings.max_labels,
     )
 
     if settings.api_keys:

@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     max_queue_size: int = Field(
         default=64, ge=1, description="Maximum requests waiting for the local model."
     )
+    max_context_tokens: int | None = Field(
+        default=None,
+        ge=2,
+        description="Maximum prompt plus output tokens of the local model; unset uses the "
+        "model's context window.",
+    )
     generation_timeout: float | None = Field(
         default=300.0, gt=0, description="Stop a local generation after this long (seconds)."
     )
@@ -119,6 +125,9 @@ class Settings(BaseSettings):
     )
     max_batch_items: int = Field(
         default=32, ge=1, description="Maximum inputs in one /batch request (items)."
+    )
+    max_labels: int = Field(
+        default=100, ge=2, description="Maximum labels in one classify input (labels)."
     )
 
     # Access control.

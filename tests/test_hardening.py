@@ -119,7 +119,9 @@ def server(fake: FakeOpenAI) -> Iterator[LiveServer]:
 
 @pytest.fixture(scope="module")
 def small_limits_server(fake: FakeOpenAI) -> Iterator[LiveServer]:
-    settings = openai_settings(fake, max_body_bytes=4096, max_text_chars=100, max_batch_items=3)
+    settings = openai_settings(
+        fake, max_body_bytes=4096, max_text_chars=100, max_batch_items=3, max_labels=3
+    )
     with running_server(settings) as live:
         yield live
 
@@ -639,6 +641,38 @@ def test_label_over_text_limit_is_422(small_limits_server: LiveServer) -> None:
 
     assert "labels" in error["message"]
     assert "limit of 100" in error["message"]
+
+
+def test_labels_over_count_limit_is_422(small_limits_server: LiveServer, fake: FakeOpenAI) -> None:
+    labels = ["positive", "negative", "neutral"]
+    before = len(fake.requests)
+
+    rejected = send(
+        small_limits_server,
+        "POST",
+        "/classify/batch",
+        {
+            "inputs": [
+                {"text": "Fine.", "labels": labels},
+                {"text": "Fine.", "labels": [*labels, "mixed"]},
+            ]
+        },
+    )
+    error = error_of(rejected, 422)
+    requests_after_rejection = len(fake.requests)
+    accepted = send(
+        small_limits_server,
+        "POST",
+        "/classify/invoke",
+        {"input": {"text": "Fine.", "labels": labels}},
+    )
+
+    assert "inputs.1.labels" in error["message"]
+    assert "4 labels" in error["message"]
+    assert "limit of 3" in error["message"]
+    assert "CHAINSERVE_MAX_LABELS" in error["message"]
+    assert requests_after_rejection == before
+    assert accepted.status_code == 200, accepted.text
 
 
 def test_batch_over_item_limit_is_413(small_limits_server: LiveServer, fake: FakeOpenAI) -> None:

@@ -261,3 +261,31 @@ def test_summarize_max_words_cuts_output(tiny_server: LiveServer) -> None:
     output = remote.invoke({"text": "Some long text to summarize.", "max_words": 1})
 
     assert output["summary"] == "Hello"
+
+
+# 17,500 characters: under the default text limit, and several times the tiny model's 4,096
+# positions once tokenized.
+PAST_CONTEXT_TEXT = "今天天气很好。" * 2500
+
+
+@pytest.mark.parametrize("chain", ["summarize", "classify"])
+def test_input_past_context_is_422(tiny_server: LiveServer, chain: str) -> None:
+    body = {"input": {"text": PAST_CONTEXT_TEXT}}
+
+    with httpx.Client(base_url=tiny_server.url, timeout=120) as client:
+        rejected = client.post(f"/{chain}/invoke", json=body)
+        batch = client.post(f"/{chain}/batch", json={"inputs": [body["input"]]})
+        with client.stream("POST", f"/{chain}/stream", json=body) as response:
+            events = parse_sse(response.read().decode("utf-8"))
+        accepted = client.post(f"/{chain}/invoke", json={"input": CHAIN_INPUTS[chain]})
+
+    error = rejected.json()["error"]
+    assert rejected.status_code == 422
+    assert error["type"] == "input_too_long"
+    assert error["message"].startswith("input: the prompt built from this input is ")
+    assert "fewer than 4096" in error["message"]
+    assert batch.status_code == 422
+    assert batch.json()["error"]["type"] == "input_too_long"
+    assert [name for name, _ in events] == ["error", "end"]
+    assert events[0][1]["status_code"] == 422
+    assert accepted.status_code == 200

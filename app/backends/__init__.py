@@ -39,6 +39,7 @@ def load_local_runtime(runtime: LocalRuntime, settings: Settings) -> None:
             max_batch_size=settings.max_batch_size,
             batch_wait_ms=settings.batch_wait_ms,
             max_queue_size=settings.max_queue_size,
+            max_context_tokens=settings.max_context_tokens,
         )
     except Exception as error:
         logger.exception("loading the local model %s failed", settings.local_model)
