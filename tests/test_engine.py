@@ -226,6 +226,50 @@ async def test_context_limit_cuts_new_tokens(
     assert reply.usage_metadata["output_tokens"] == 3
 
 
+async def test_near_limit_prompt_runs_apart(
+    tiny_settings_factory: Callable[..., Settings],
+    random_model_dir: Path,
+    batched_model: LocalChatModel,
+) -> None:
+    engine = batched_model.runtime.engine
+    assert engine is not None
+    long_text = "一二三四五六七八九十 " * 4
+    prompt = batched_model.render([HumanMessage(long_text)], engine)
+    prompt_tokens = len(engine.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    # The long prompt has room for 2 new tokens, so it must not run in a batch that
+    # generates 12: its finished row would grow past the limit.
+    limited = make_model(
+        tiny_settings_factory,
+        random_model_dir,
+        prompt_format="completion",
+        batch_wait_ms=300,
+        max_context_tokens=prompt_tokens + 2,
+    )
+    limited_engine = limited.runtime.engine
+    assert limited_engine is not None
+
+    try:
+        before = limited_engine.batches_run
+        near_limit, short = await asyncio.gather(
+            limited.ainvoke(long_text, max_tokens=12), limited.ainvoke("Hello", max_tokens=12)
+        )
+        apart_batches = limited_engine.batches_run - before
+        before = limited_engine.batches_run
+        await asyncio.gather(
+            limited.ainvoke("Hello", max_tokens=12), limited.ainvoke("queue", max_tokens=12)
+        )
+        shared_batches = limited_engine.batches_run - before
+    finally:
+        limited_engine.close()
+
+    assert near_limit.usage_metadata is not None
+    assert near_limit.usage_metadata["output_tokens"] == 2
+    assert short.usage_metadata is not None
+    assert short.usage_metadata["output_tokens"] == 12
+    assert apart_batches == 2
+    assert shared_batches == 1
+
+
 def test_chunked_scoring_matches_one_pass(batched_model: LocalChatModel) -> None:
     engine = batched_model.runtime.engine
     assert engine is not None
@@ -236,7 +280,7 @@ def test_chunked_scoring_matches_one_pass(batched_model: LocalChatModel) -> None
 
     whole = score_plans(engine.model, engine.tokenizer, plans)
     # A budget of 1 byte runs every multi-token candidate in a chunk of its own.
-    chunked = score_plans(engine.model, engine.tokenizer, plans, cache_budget_bytes=1)
+    chunked = score_plans(engine.model, engine.tokenizer, plans, budget_bytes=1)
 
     for whole_scores, chunked_scores in zip(whole, chunked, strict=True):
         assert chunked_scores == pytest.approx(whole_scores, abs=1e-5)

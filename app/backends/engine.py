@@ -36,8 +36,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCrite
 
 logger = logging.getLogger(__name__)
 
-SCORE_CACHE_BUDGET_BYTES = 512 * 1024 * 1024
-"""Default memory for the prompt cache copies of one label continuation pass (bytes)."""
+SCORE_BUDGET_BYTES = 512 * 1024 * 1024
+"""Default memory for the cache copies and logits of one label continuation pass (bytes)."""
 
 
 class EngineError(RuntimeError):
@@ -93,6 +93,7 @@ class _Request:
     max_new_tokens: int = 1
     stop: tuple[str, ...] = ()
     candidates: tuple[str, ...] = ()
+    prompt_tokens: int = 0
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued_at: float = field(default_factory=time.monotonic)
@@ -227,7 +228,7 @@ class Engine:
         Raises PromptTooLongError when the prompt reaches `max_context_tokens`, the limit of
         prompt plus output. Otherwise `max_new_tokens` is cut to the room left after the prompt.
         """
-        prompt_tokens = self._check_prompt_length(prompt, 0)
+        prompt_tokens = self._check_prompt_length(prompt, 0, "the prompt built from this input")
         if self.max_context_tokens is not None:
             max_new_tokens = min(max_new_tokens, self.max_context_tokens - prompt_tokens)
         request = _Request(
@@ -237,6 +238,7 @@ class Engine:
             sampling=sampling,
             max_new_tokens=max_new_tokens,
             stop=tuple(s for s in stop if s),
+            prompt_tokens=prompt_tokens,
         )
         return self._enqueue(request, request_id)
 
@@ -259,17 +261,22 @@ class Engine:
         longest = max(
             len(self.tokenizer(c, add_special_tokens=False)["input_ids"]) for c in candidates
         )
-        self._check_prompt_length(prompt, longest)
+        self._check_prompt_length(
+            prompt, longest, "the prompt built from this input plus its longest label"
+        )
         request = _Request(kind="score", prompt=prompt, sink=sink, candidates=tuple(candidates))
         return self._enqueue(request, request_id)
 
-    def _check_prompt_length(self, prompt: str, extra_tokens: int) -> int:
-        """Return the prompt's token count; raise PromptTooLongError if it leaves no room."""
+    def _check_prompt_length(self, prompt: str, extra_tokens: int, subject: str) -> int:
+        """Return the prompt's token count; raise PromptTooLongError if it leaves no room.
+
+        `subject` names the counted text in the error message.
+        """
         prompt_tokens = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         limit = self.max_context_tokens
         if limit is not None and prompt_tokens + extra_tokens >= limit:
             raise PromptTooLongError(
-                f"the prompt built from this input is {prompt_tokens + extra_tokens} tokens, "
+                f"{subject} is {prompt_tokens + extra_tokens} tokens, "
                 f"and the local model takes fewer than {limit} "
                 "(CHAINSERVE_MAX_CONTEXT_TOKENS or the model's context window); "
                 "shorten the text, the instructions or the labels"
@@ -335,10 +342,29 @@ class Engine:
                 return []
 
             key = self._pending[0].group_key()
-            batch = [r for r in self._pending if r.group_key() == key][: self.max_batch_size]
+            batch: list[_Request] = []
+            for request in self._pending:
+                if len(batch) == self.max_batch_size:
+                    break
+                if request.group_key() == key and self._fits_with(batch, request):
+                    batch.append(request)
             for request in batch:
                 self._pending.remove(request)
             return batch
+
+    def _fits_with(self, batch: list[_Request], request: _Request) -> bool:
+        """Return whether `request` can join `batch` without any row passing the context limit.
+
+        One `generate` call runs every row for the batch's largest `max_new_tokens`, also rows
+        that have finished. So a long prompt must not share a batch with a long generation:
+        models with learned position embeddings fail for the whole batch past their limit.
+        """
+        if self.max_context_tokens is None or request.kind != "generate" or not batch:
+            return True
+        rows = [*batch, request]
+        new_tokens = max(r.max_new_tokens for r in rows)
+        longest_prompt = max(r.prompt_tokens for r in rows)
+        return longest_prompt + new_tokens <= self.max_context_tokens
 
     def _run(self) -> None:
         while True:
@@ -523,7 +549,8 @@ def plan_scores(
 
     A candidate can merge with the end of the prompt into other tokens, so the context is
     the longest token prefix that every candidate shares with the prompt. A candidate's
-    tail may then start with prompt tokens, which are computed but not scored.
+    tail may then start with prompt tokens, which are computed but not scored. Raises
+    ValueError when the prompt and a candidate form a single token.
     """
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     full_ids: list[list[int]] = []
@@ -537,6 +564,12 @@ def plan_scores(
         scored_from.append(max(1, min(shared, len(ids) - 1)))
 
     context_length = min(scored_from)
+    for candidate, ids in zip(candidates, full_ids, strict=True):
+        if len(ids) <= context_length:
+            raise ValueError(
+                f"the prompt and the candidate {candidate!r} form a single token, so the "
+                "candidate has no context to be scored in; use a longer prompt"
+            )
     return ScorePlan(
         context=prompt_ids[:context_length],
         tails=[ids[context_length:] for ids in full_ids],
@@ -550,11 +583,11 @@ def score_plans(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     plans: Sequence[ScorePlan],
-    cache_budget_bytes: float = SCORE_CACHE_BUDGET_BYTES,
+    budget_bytes: float = SCORE_BUDGET_BYTES,
 ) -> list[list[float]]:
     """Return, per plan, the total log-probability of each candidate's scored tokens.
 
-    `cache_budget_bytes` bounds the prompt cache copies of one continuation pass.
+    `budget_bytes` bounds the prompt cache copies and the logits of one continuation pass.
     """
     pad_id = tokenizer.pad_token_id or 0
     width = max(len(plan.context) for plan in plans)
@@ -590,18 +623,20 @@ def score_plans(
     if not continued:
         return totals
 
-    # Every continued tail needs its own copy of its prompt's cache, so long prompts with
-    # many multi-token labels run in chunks that keep those copies under a memory budget.
+    # Every continued tail needs its own copy of its prompt's cache and its own logits, so
+    # long prompts with many multi-token labels run in chunks of rows under a memory budget.
     cache = output.cache
-    row_bytes = _cache_bytes(cache) / len(plans)
-    chunk_rows = max(1, int(cache_budget_bytes // max(row_bytes, 1.0)))
+    row_bytes = _cache_bytes(cache) / len(plans) + _logit_bytes(model)
+    chunk_rows = max(1, int(budget_bytes // row_bytes))
     for start in range(0, len(continued), chunk_rows):
         chunk = continued[start : start + chunk_rows]
         is_last = start + chunk_rows >= len(continued)
         # The continuation pass reorders and extends the cache in place, so every chunk but
         # the last works on a copy.
         chunk_cache = cache if is_last else copy.deepcopy(cache)
-        _score_continuations(model, tokenizer, plans, chunk, totals, chunk_cache, attention_mask)
+        _score_continuations(
+            model, tokenizer, plans, chunk, totals, chunk_cache, attention_mask, budget_bytes
+        )
     return totals
 
 
@@ -623,12 +658,15 @@ def _score_continuations(
     totals: list[list[float]],
     cache: Any,
     context_mask: torch.Tensor,
+    budget_bytes: float,
 ) -> None:
-    """Add the scores of the tail tokens after the first, in one pass over the prompt cache.
+    """Add the scores of the tail tokens after the first, continuing from the prompt cache.
 
     Each continued tail becomes a right-padded row that feeds its tokens except the last
     over a copy of its prompt's cache. The padding sits after the real tokens, so under the
-    causal mask it does not change their logits.
+    causal mask it does not change their logits. The rows run in windows of positions, each
+    extending the cache, so the logits of one window (rows x positions x vocabulary) stay
+    under `budget_bytes`.
     """
     pad_id = tokenizer.pad_token_id or 0
     owners = [row for row, _ in continued]
@@ -639,30 +677,42 @@ def _score_continuations(
     for index, tokens in enumerate(inputs):
         input_ids[index, : len(tokens)] = torch.tensor(tokens)
         tail_mask[index, : len(tokens)] = 1
+    input_ids = input_ids.to(model.device)
+    tail_mask = tail_mask.to(model.device)
 
     owner_index = torch.tensor(owners, device=model.device)
     cache.reorder_cache(owner_index)
-    attention_mask = torch.cat([context_mask[owner_index], tail_mask.to(model.device)], dim=1)
-    context_lengths = context_mask.sum(dim=1)[owner_index]
-    position_ids = context_lengths[:, None] + torch.arange(width, device=model.device)
-    output = model(
-        input_ids=input_ids.to(model.device),
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        cache=cache,
-        use_cache=False,
-    )
+    row_context_mask = context_mask[owner_index]
+    context_lengths = row_context_mask.sum(dim=1)
+    window = max(1, int(budget_bytes // (len(inputs) * _logit_bytes(model))))
 
-    # One position at a time, so the float copy of the logits covers one token per row,
-    # not the whole tail: Gemma's vocabulary has 262k entries.
-    for position in range(width):
-        logits = output.logits[:, position].float()
-        log_probs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
-        for index, (row, candidate) in enumerate(continued):
-            tail = plans[row].tails[candidate]
+    for window_start in range(0, width, window):
+        window_end = min(window_start + window, width)
+        attention_mask = torch.cat([row_context_mask, tail_mask[:, :window_end]], dim=1)
+        positions = torch.arange(window_start, window_end, device=model.device)
+        output = model(
+            input_ids=input_ids[:, window_start:window_end],
+            attention_mask=attention_mask,
+            position_ids=context_lengths[:, None] + positions,
+            cache=cache,
+            use_cache=True,
+        )
+
+        # One position at a time, so the float copy covers one token per row.
+        for position in range(window_start, window_end):
+            logits = output.logits[:, position - window_start].float()
+            log_probs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
             scored = position + 1
-            if scored < len(tail) and scored >= plans[row].first_scored[candidate]:
-                totals[row][candidate] += float(log_probs[index, tail[scored]])
+            for index, (row, candidate) in enumerate(continued):
+                tail = plans[row].tails[candidate]
+                if scored < len(tail) and scored >= plans[row].first_scored[candidate]:
+                    totals[row][candidate] += float(log_probs[index, tail[scored]])
+
+
+def _logit_bytes(model: PreTrainedModel) -> int:
+    """Return the memory of one position's logits and their float32 copy (bytes)."""
+    vocabulary = int(model.config.get_text_config().vocab_size)
+    return vocabulary * (model.dtype.itemsize + 4)
 
 
 def _held_back_suffix(text: str, stops: Sequence[str]) -> int:
