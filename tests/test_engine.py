@@ -197,15 +197,20 @@ async def test_label_scores_match_lone_passes(batched_model: LocalChatModel) -> 
         assert reply.content == labels[expected.index(max(expected))]
 
 
+def prompt_token_count(model: LocalChatModel, text: str) -> int:
+    """Return the token count of the prompt that `model` renders for a message `text`."""
+    engine = model.runtime.engine
+    assert engine is not None
+    prompt = model.render([HumanMessage(text)], engine)
+    return len(engine.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+
 async def test_context_limit_cuts_new_tokens(
     tiny_settings_factory: Callable[..., Settings],
     random_model_dir: Path,
     batched_model: LocalChatModel,
 ) -> None:
-    engine = batched_model.runtime.engine
-    assert engine is not None
-    prompt = batched_model.render([HumanMessage("Hello there")], engine)
-    prompt_tokens = len(engine.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    prompt_tokens = prompt_token_count(batched_model, "Hello there")
     limited = make_model(
         tiny_settings_factory,
         random_model_dir,
@@ -231,11 +236,8 @@ async def test_near_limit_prompt_runs_apart(
     random_model_dir: Path,
     batched_model: LocalChatModel,
 ) -> None:
-    engine = batched_model.runtime.engine
-    assert engine is not None
     long_text = "一二三四五六七八九十 " * 4
-    prompt = batched_model.render([HumanMessage(long_text)], engine)
-    prompt_tokens = len(engine.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    prompt_tokens = prompt_token_count(batched_model, long_text)
     # The long prompt has room for 2 new tokens, so it must not run in a batch that
     # generates 12: its finished row would grow past the limit.
     limited = make_model(
@@ -279,7 +281,7 @@ def test_chunked_scoring_matches_one_pass(batched_model: LocalChatModel) -> None
     ]
 
     whole = score_plans(engine.model, engine.tokenizer, plans)
-    # A budget of 1 byte runs every multi-token candidate in a chunk of its own.
+    # A budget of 1 byte runs every multi-token candidate alone, one position per pass.
     chunked = score_plans(engine.model, engine.tokenizer, plans, budget_bytes=1)
 
     for whole_scores, chunked_scores in zip(whole, chunked, strict=True):
