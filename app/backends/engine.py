@@ -93,7 +93,7 @@ class _Request:
     max_new_tokens: int = 1
     stop: tuple[str, ...] = ()
     candidates: tuple[str, ...] = ()
-    prompt_tokens: int = 0
+    prompt_ids: list[int] = field(default_factory=list)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued_at: float = field(default_factory=time.monotonic)
@@ -228,9 +228,9 @@ class Engine:
         Raises PromptTooLongError when the prompt reaches `max_context_tokens`, the limit of
         prompt plus output. Otherwise `max_new_tokens` is cut to the room left after the prompt.
         """
-        prompt_tokens = self._check_prompt_length(prompt, 0, "the prompt built from this input")
+        prompt_ids = self._check_prompt_length(prompt, 0, "the prompt built from this input")
         if self.max_context_tokens is not None:
-            max_new_tokens = min(max_new_tokens, self.max_context_tokens - prompt_tokens)
+            max_new_tokens = min(max_new_tokens, self.max_context_tokens - len(prompt_ids))
         request = _Request(
             kind="generate",
             prompt=prompt,
@@ -238,7 +238,7 @@ class Engine:
             sampling=sampling,
             max_new_tokens=max_new_tokens,
             stop=tuple(s for s in stop if s),
-            prompt_tokens=prompt_tokens,
+            prompt_ids=prompt_ids,
         )
         return self._enqueue(request, request_id)
 
@@ -267,12 +267,13 @@ class Engine:
         request = _Request(kind="score", prompt=prompt, sink=sink, candidates=tuple(candidates))
         return self._enqueue(request, request_id)
 
-    def _check_prompt_length(self, prompt: str, extra_tokens: int, subject: str) -> int:
-        """Return the prompt's token count; raise PromptTooLongError if it leaves no room.
+    def _check_prompt_length(self, prompt: str, extra_tokens: int, subject: str) -> list[int]:
+        """Return the prompt's token ids; raise PromptTooLongError if it leaves no room.
 
         `subject` names the counted text in the error message.
         """
-        prompt_tokens = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        prompt_ids: list[int] = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        prompt_tokens = len(prompt_ids)
         limit = self.max_context_tokens
         if limit is not None and prompt_tokens + extra_tokens >= limit:
             raise PromptTooLongError(
@@ -281,7 +282,7 @@ class Engine:
                 "(CHAINSERVE_MAX_CONTEXT_TOKENS or the model's context window); "
                 "shorten the text, the instructions or the labels"
             )
-        return prompt_tokens
+        return prompt_ids
 
     def _enqueue(self, request: _Request, request_id: str | None) -> RequestHandle:
         if request_id:
@@ -363,7 +364,7 @@ class Engine:
             return True
         rows = [*batch, request]
         new_tokens = max(r.max_new_tokens for r in rows)
-        longest_prompt = max(r.prompt_tokens for r in rows)
+        longest_prompt = max(len(r.prompt_ids) for r in rows)
         return longest_prompt + new_tokens <= self.max_context_tokens
 
     def _run(self) -> None:
@@ -387,19 +388,12 @@ class Engine:
                 with self._condition:
                     self._free_since = time.monotonic()
 
-    def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        encoded = self.tokenizer(
-            prompts, return_tensors="pt", padding=True, add_special_tokens=False
-        )
-        return {name: tensor.to(self.device) for name, tensor in encoded.items()}
-
     def _run_generation(self, batch: list[_Request]) -> None:
-        encoded = self._encode([r.prompt for r in batch])
-        prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
-        rows = [
-            _Row(request=r, prompt_tokens=int(n))
-            for r, n in zip(batch, prompt_lengths, strict=True)
-        ]
+        # The prompts were tokenized when they were submitted, to check their length.
+        input_ids, attention_mask = _left_padded(
+            [r.prompt_ids for r in batch], self.tokenizer.pad_token_id or 0, self.device
+        )
+        rows = [_Row(request=r, prompt_tokens=len(r.prompt_ids)) for r in batch]
         sampling = batch[0].sampling
         max_new_tokens = max(r.max_new_tokens for r in batch)
 
@@ -426,7 +420,9 @@ class Engine:
 
         try:
             with torch.inference_mode():
-                self.model.generate(**encoded, **generate_kwargs)  # type: ignore[operator]
+                self.model.generate(  # type: ignore[operator]
+                    input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs
+                )
         except Exception as error:
             logger.exception("generation of a batch of %d rows failed", len(rows))
             for row in rows:
@@ -589,15 +585,9 @@ def score_plans(
 
     `budget_bytes` bounds the prompt cache copies and the logits of one continuation pass.
     """
-    pad_id = tokenizer.pad_token_id or 0
-    width = max(len(plan.context) for plan in plans)
-    input_ids = torch.full((len(plans), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(plans), width), dtype=torch.long)
-    for row, plan in enumerate(plans):
-        input_ids[row, width - len(plan.context) :] = torch.tensor(plan.context)
-        attention_mask[row, width - len(plan.context) :] = 1
-    input_ids = input_ids.to(model.device)
-    attention_mask = attention_mask.to(model.device)
+    input_ids, attention_mask = _left_padded(
+        [plan.context for plan in plans], tokenizer.pad_token_id or 0, model.device
+    )
 
     # Left padding shifts every row, so positions must count only real tokens, as
     # `generate` does. Otherwise a row's scores would depend on its batch neighbours.
@@ -638,6 +628,19 @@ def score_plans(
             model, tokenizer, plans, chunk, totals, chunk_cache, attention_mask, budget_bytes
         )
     return totals
+
+
+def _left_padded(
+    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return token ids left-padded to the longest sequence, and their attention mask."""
+    width = max(len(tokens) for tokens in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, tokens in enumerate(sequences):
+        input_ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
+        attention_mask[row, width - len(tokens) :] = 1
+    return input_ids.to(device), attention_mask.to(device)
 
 
 def _cache_bytes(cache: Any) -> int:
