@@ -128,6 +128,11 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
     return path
 
 
+def write_sentiment_csv(path: Path) -> Path:
+    """Write SENTIMENT_ROWS to `path` as a CSV file with the columns text and label."""
+    return write_csv(path, ["text", "label"], [[r["text"], r["label"]] for r in SENTIMENT_ROWS])
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
@@ -638,9 +643,7 @@ def test_cli_eval_interrupt_exit_code(
     fake_local_chain["classify"] = RuleChatModel(
         replies={**SENTIMENT_REPLIES, "3 pm": RAISE_INTERRUPT}, default="neutral"
     )
-    data = write_csv(
-        tmp_path / "tiny.csv", ["text", "label"], [[r["text"], r["label"]] for r in SENTIMENT_ROWS]
-    )
+    data = write_sentiment_csv(tmp_path / "tiny.csv")
     out = tmp_path / "out"
     result = runner.invoke(
         make_cli(), ["eval", "classify", str(data), "--out", str(out), "--batch-size", "2"]
@@ -666,9 +669,7 @@ def test_cli_compare_prints_differences(
         json.dumps({"task": "classify", "metrics": {"accuracy": 0.5, "macro_f1": 0.9}}),
         encoding="utf-8",
     )
-    data = write_csv(
-        tmp_path / "tiny.csv", ["text", "label"], [[r["text"], r["label"]] for r in SENTIMENT_ROWS]
-    )
+    data = write_sentiment_csv(tmp_path / "tiny.csv")
     result = runner.invoke(
         make_cli(),
         ["eval", "classify", str(data), "--out", str(tmp_path / "out"), "--compare", str(other)],
@@ -813,9 +814,7 @@ def test_cli_eval_remote_server(
     tmp_path: Path, runner: CliRunner, fake_server: tuple[str, list[str | None]]
 ) -> None:
     url, seen = fake_server
-    data = write_csv(
-        tmp_path / "tiny.csv", ["text", "label"], [[r["text"], r["label"]] for r in SENTIMENT_ROWS]
-    )
+    data = write_sentiment_csv(tmp_path / "tiny.csv")
     result = runner.invoke(
         make_cli(),
         ["eval", "classify", str(data), "--server", url + "/", "--out", str(tmp_path / "out")],
@@ -835,9 +834,7 @@ def test_cli_eval_remote_wrong_key(
     tmp_path: Path, runner: CliRunner, fake_server: tuple[str, list[str | None]]
 ) -> None:
     url, _ = fake_server
-    data = write_csv(
-        tmp_path / "tiny.csv", ["text", "label"], [[r["text"], r["label"]] for r in SENTIMENT_ROWS]
-    )
+    data = write_sentiment_csv(tmp_path / "tiny.csv")
     result = runner.invoke(
         make_cli(),
         [
