@@ -324,7 +324,7 @@ def test_schemathesis_no_server_errors(
         str(junit_path),
     ]
 
-    started = time.perf_counter()
+    # The subprocess timeout fails the test when the run hangs.
     completed = subprocess.run(
         command,
         capture_output=True,
@@ -333,12 +333,10 @@ def test_schemathesis_no_server_errors(
         cwd=tmp_path,
         env={**os.environ, "SCHEMATHESIS_TELEMETRY": "false", "NO_COLOR": "1"},
     )
-    elapsed = time.perf_counter() - started
     (artifacts_dir / "schemathesis.txt").write_text(completed.stdout + completed.stderr)
 
     assert completed.returncode == 0, completed.stdout[-6000:]
     assert "operations" in completed.stdout.lower() or "API Operations" in completed.stdout
-    assert elapsed < SCHEMATHESIS_TIME_LIMIT_S
     assert fuzz_server.process.poll() is None, fuzz_server.log_tail()
 
 
