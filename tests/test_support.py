@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -222,11 +221,11 @@ def test_fault_status_returns_openai_error(server: FakeOpenAI) -> None:
 
 async def test_fault_slow_times_out_client(server: FakeOpenAI) -> None:
     server.fault = "slow:5"
-    started = time.monotonic()
+
+    # The fake server replies after 5 s, and a reply would return normally. So the timeout
+    # error shows that the client gave up at its own 0.3 s limit.
     with pytest.raises(openai.APITimeoutError):
         await make_client(server, timeout=0.3).ainvoke("hi")
-
-    assert time.monotonic() - started < 2
 
 
 async def test_fault_cut_stream_breaks_connection(server: FakeOpenAI) -> None:
